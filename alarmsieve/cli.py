@@ -1,0 +1,690 @@
+"""The ``alarmsieve`` command line: pachctl-like verbs over the embedded workspace.
+
+Every list command takes ``--json`` (one JSON object per line). Errors print one line that says
+what is wrong and how to fix it, and exit with status 1 (2 for bad usage).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from pydantic import BaseModel
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from alarmsieve import __version__
+
+app = typer.Typer(
+    help="alarmsieve: verify security-camera alarms with data-versioned, Pachyderm-style pipelines.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+create_app = typer.Typer(help="Create a repo or a pipeline.", no_args_is_help=True)
+list_app = typer.Typer(help="List repos, commits, files, pipelines, jobs or datums.", no_args_is_help=True)
+inspect_app = typer.Typer(help="Show one commit, pipeline or job in detail.", no_args_is_help=True)
+put_app = typer.Typer(help="Put files into a repo.", no_args_is_help=True)
+get_app = typer.Typer(help="Get a file out of a repo.", no_args_is_help=True)
+diff_app = typer.Typer(help="Show what changed between commits.", no_args_is_help=True)
+validate_app = typer.Typer(help="Check a pipeline spec without creating it.", no_args_is_help=True)
+update_app = typer.Typer(help="Update a pipeline to a new version.", no_args_is_help=True)
+for name, sub in [
+    ("create", create_app),
+    ("list", list_app),
+    ("inspect", inspect_app),
+    ("put", put_app),
+    ("get", get_app),
+    ("diff", diff_app),
+    ("validate", validate_app),
+    ("update", update_app),
+]:
+    app.add_typer(sub, name=name)
+
+console = Console()
+err_console = Console(stderr=True)
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="one JSON object per line")]
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _known_errors() -> tuple[type[BaseException], ...]:
+    from alarmsieve.evaluate import EvalError
+    from alarmsieve.pfs.api import PfsError
+    from alarmsieve.pfs.objects import ObjectNotFoundError
+    from alarmsieve.pfs.paths import PathError
+    from alarmsieve.pps.api import PpsError
+    from alarmsieve.pps.spec import SpecError
+    from alarmsieve.rules import RulesError
+    from alarmsieve.vision.models import ModelChecksumError, ModelNotFoundError
+    from alarmsieve.workspace import WorkspaceError
+
+    return (
+        PfsError,
+        PathError,
+        PpsError,
+        SpecError,
+        RulesError,
+        WorkspaceError,
+        ModelNotFoundError,
+        ModelChecksumError,
+        EvalError,
+        ObjectNotFoundError,
+    )
+
+
+def workspace(must_exist: bool = True) -> Any:
+    from alarmsieve.workspace import Workspace
+
+    return Workspace(must_exist=must_exist)
+
+
+def emit_json(items: list[Any]) -> None:
+    for item in items:
+        data = item.model_dump(mode="json") if isinstance(item, BaseModel) else item
+        sys.stdout.write(json.dumps(data, default=str) + "\n")
+
+
+def ago(when: datetime | None) -> str:
+    if when is None:
+        return "-"
+    seconds = (datetime.now(UTC) - when).total_seconds()
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit} ago"
+    return f"{int(max(seconds, 0))}s ago"
+
+
+def size_text(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f}{unit}" if unit == "B" else f"{value:.1f}{unit}"
+        value /= 1024
+    return f"{n}B"
+
+
+def parse_since(text: str | None) -> datetime | None:
+    """An ISO time, or a duration back from now such as 30m, 2h, 7d."""
+    if not text:
+        return None
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if text[:-1].isdigit() and text[-1] in units:
+        return datetime.now(UTC) - timedelta(seconds=int(text[:-1]) * units[text[-1]])
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        fail(f"--since {text!r}: give an ISO time (2026-11-27T10:00) or a duration such as 30m, 2h, 7d", 2)
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+# ---- workspace -------------------------------------------------------------------------------------
+@app.command()
+def init(
+    pipelines: Annotated[Path | None, typer.Option(help="folder of pipeline specs (default: pipelines/)")] = None,
+) -> None:
+    """Create the workspace ($ALARMSIEVE_HOME, default ./.alarmsieve): repos images and rules, default pipelines."""
+    ws = workspace(must_exist=False)
+    done = ws.init(pipelines_dir=pipelines)
+    for line in done or ["already initialised; nothing to do"]:
+        console.print(line)
+    console.print(f"workspace: {ws.home}")
+
+
+# ---- repos, commits, files -------------------------------------------------------------------------
+@create_app.command("repo")
+def create_repo(name: str, description: Annotated[str, typer.Option("--description", "-d")] = "") -> None:
+    """Create a repo."""
+    workspace().pfs.create_repo(name, description=description)
+    console.print(f"created repo {name}")
+
+
+@create_app.command("pipeline")
+def create_pipeline(
+    file: Annotated[str, typer.Option("--file", "-f", help="spec file (JSON or YAML), - for stdin")],
+) -> None:
+    """Create pipelines from a Pachyderm spec file."""
+    ws = workspace()
+    for spec in _read_specs(file):
+        version, what = ws.pps.create_pipeline(spec)
+        console.print(f"pipeline {spec.name}: {what} (version {version})")
+
+
+@update_app.command("pipeline")
+def update_pipeline(
+    file: Annotated[str, typer.Option("--file", "-f", help="spec file (JSON or YAML), - for stdin")],
+) -> None:
+    """Update pipelines to the spec in FILE; only new data meets the new version."""
+    ws = workspace()
+    for spec in _read_specs(file):
+        version, what = ws.pps.create_pipeline(spec, update=True)
+        note = "same spec as the current version: nothing changed" if what == "unchanged" else what
+        console.print(f"pipeline {spec.name}: {note} (version {version})")
+
+
+def _read_specs(file: str) -> list[Any]:
+    from alarmsieve.pps.spec import load_spec_documents
+
+    if file == "-":
+        return load_spec_documents(sys.stdin.read(), "<stdin>")
+    path = Path(file)
+    if not path.is_file():
+        fail(f"spec file {file} not found; give the path of a JSON or YAML pipeline spec", 2)
+    return load_spec_documents(path.read_text(), str(path))
+
+
+@validate_app.command("pipeline")
+def validate_pipeline(
+    file: Annotated[str, typer.Option("--file", "-f", help="spec file (JSON or YAML), - for stdin")],
+) -> None:
+    """Check a spec against Pachyderm's schema and alarmsieve's supported fields (exit 0 when valid)."""
+    for spec in _read_specs(file):
+        console.print(f"pipeline {spec.name}: valid")
+
+
+@put_app.command("file")
+def put_file(
+    target: Annotated[str, typer.Argument(help="REPO@BRANCH:/path")],
+    file: Annotated[str | None, typer.Option("--file", "-f", help="local file, or - for stdin")] = None,
+    recursive: Annotated[
+        Path | None, typer.Option("--recursive", "-r", help="put a whole folder under the path")
+    ] = None,
+    message: Annotated[str, typer.Option("--message", "-m")] = "",
+) -> None:
+    """Put a file (or a folder with -r) into a repo, as one atomic commit."""
+    from alarmsieve.pfs.paths import parse_file_ref
+
+    ref = parse_file_ref(target)
+    if (file is None) == (recursive is None):
+        fail("give exactly one of -f FILE (or -f - for stdin) and -r DIR", 2)
+    ws = workspace()
+    builder = ws.pfs.start_commit(ref.repo, ref.ref, description=message)
+    count = 0
+    if recursive is not None:
+        if not recursive.is_dir():
+            fail(f"-r {recursive}: not a folder", 2)
+        for path in sorted(p for p in recursive.rglob("*") if p.is_file()):
+            dest = ref.path.rstrip("/") + "/" + path.relative_to(recursive).as_posix()
+            builder.put_local_file(dest, path)
+            count += 1
+    elif file == "-":
+        dest = ref.path
+        builder.put_stream(dest, sys.stdin.buffer)
+        count = 1
+    else:
+        source = Path(file or "")
+        if not source.is_file():
+            fail(f"-f {file}: no such file", 2)
+        dest = ref.path if not ref.path.endswith("/") and ref.path != "/" else f"{ref.path.rstrip('/')}/{source.name}"
+        builder.put_local_file(dest, source)
+        count = 1
+    commit = builder.finish()
+    console.print(f"{ref.repo}@{commit.id}: {count} file(s) put")
+
+
+@list_app.command("repo")
+def list_repo(as_json: JsonFlag = False) -> None:
+    """List repos."""
+    repos = workspace().pfs.list_repos()
+    if as_json:
+        return emit_json(repos)
+    table = Table("NAME", "CREATED", "FILES", "SIZE", "HEAD", "DESCRIPTION", box=None)
+    for r in repos:
+        table.add_row(
+            r.name, ago(r.created_at), str(r.file_count), size_text(r.size_bytes), r.head or "-", r.description
+        )
+    console.print(table)
+
+
+@list_app.command("commit")
+def list_commit(
+    repo: str, limit: Annotated[int, typer.Option("--limit", "-n")] = 50, as_json: JsonFlag = False
+) -> None:
+    """List the commits of a repo, newest first."""
+    commits = workspace().pfs.list_commits(repo.split("@")[0], limit=limit)
+    if as_json:
+        return emit_json(commits)
+    table = Table("COMMIT", "BRANCH", "ORIGIN", "CREATED", "+FILES", "-FILES", "DESCRIPTION", box=None)
+    for c in commits:
+        table.add_row(
+            c.id, c.branch, c.origin, ago(c.created_at), str(c.files_added), str(c.files_removed), c.description
+        )
+    console.print(table)
+
+
+@list_app.command("file")
+def list_file(
+    target: Annotated[str, typer.Argument(help="REPO@BRANCH_OR_COMMIT:/path")], as_json: JsonFlag = False
+) -> None:
+    """List the files of a directory in a commit."""
+    from alarmsieve.pfs.paths import parse_file_ref
+
+    ref = parse_file_ref(target)
+    files = workspace().pfs.list_files(ref.repo, ref.ref, ref.path)
+    if as_json:
+        return emit_json(files)
+    table = Table("NAME", "TYPE", "SIZE", "SHA256", box=None)
+    for f in files:
+        table.add_row(f.path, f.type, size_text(f.size), (f.sha256 or "")[:16])
+    console.print(table)
+
+
+@get_app.command("file")
+def get_file(
+    target: Annotated[str, typer.Argument(help="REPO@BRANCH_OR_COMMIT:/path")],
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="write here instead of stdout")] = None,
+) -> None:
+    """Print a file's content (or write it with -o)."""
+    from alarmsieve.pfs.paths import parse_file_ref
+
+    ref = parse_file_ref(target)
+    data = workspace().pfs.get_file(ref.repo, ref.ref, ref.path)
+    if output:
+        output.write_bytes(data)
+    else:
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+
+
+@inspect_app.command("commit")
+def inspect_commit(
+    target: Annotated[str, typer.Argument(help="REPO@BRANCH_OR_COMMIT")], as_json: JsonFlag = False
+) -> None:
+    """Show a commit: parent, origin, provenance, size."""
+    repo, _, ref = target.partition("@")
+    pfs = workspace().pfs
+    info = pfs.inspect_commit(repo, ref or "master")
+    if as_json:
+        return emit_json([info])
+    rows = [
+        ("Commit", f"{info.repo}@{info.id}"),
+        ("Branch", info.branch),
+        ("Parent", info.parent or "-"),
+        ("Origin", info.origin),
+        ("Created", f"{info.created_at.isoformat()} ({ago(info.created_at)})"),
+        ("Files", f"+{info.files_added} -{info.files_removed} ({size_text(info.size_bytes)} added)"),
+        ("Job", info.job_id or "-"),
+        ("Pipeline version", info.pipeline_version or "-"),
+    ]
+    for upstream in info.provenance:
+        try:
+            up = pfs.get_commit(upstream)
+            rows.append(("Provenance", f"{up.repo}@{up.id}"))
+        except Exception:
+            rows.append(("Provenance", upstream))
+    for key, value in rows:
+        console.print(f"[bold]{key}:[/] {value}", highlight=False)
+
+
+@diff_app.command("file")
+def diff_file(
+    new: Annotated[str, typer.Argument(help="REPO@COMMIT[:/path] (the newer side)")],
+    old: Annotated[str | None, typer.Argument(help="REPO@COMMIT (default: the parent of NEW)")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Show the files added, modified and removed between two commits of a repo."""
+    from alarmsieve.pfs.paths import parse_file_ref
+
+    ref = parse_file_ref(new)
+    pfs = workspace().pfs
+    info = pfs.inspect_commit(ref.repo, ref.ref)
+    old_ref = parse_file_ref(old).ref if old else info.parent
+    changes = [
+        c for c in pfs.diff(ref.repo, old_ref, info.id) if ref.path == "/" or c.path.startswith(ref.path.rstrip("/"))
+    ]
+    if as_json:
+        return emit_json(changes)
+    marks = {"added": "[green]+[/]", "removed": "[red]-[/]", "modified": "[yellow]~[/]"}
+    for change in changes:
+        console.print(f"{marks[change.op]} {change.path}", highlight=False)
+    if not changes:
+        console.print("no changes")
+
+
+# ---- pipelines, jobs, datums, logs -----------------------------------------------------------------
+@list_app.command("pipeline")
+def list_pipeline(as_json: JsonFlag = False) -> None:
+    """List pipelines with their state and last job."""
+    pipelines = workspace().pps.list_pipelines()
+    if as_json:
+        return emit_json(pipelines)
+    table = Table("NAME", "VERSION", "STATE", "INPUT", "GLOB", "WORKERS", "LAST JOB", box=None)
+    for p in pipelines:
+        last = f"{p.last_job.state} {ago(p.last_job.created_at)}" if p.last_job else "-"
+        table.add_row(
+            p.name, str(p.version), p.state, ", ".join(p.input_repos), ", ".join(p.glob), str(p.parallelism), last
+        )
+    console.print(table)
+
+
+@inspect_app.command("pipeline")
+def inspect_pipeline(name: str, as_json: JsonFlag = False) -> None:
+    """Show a pipeline: spec, version, state and last job."""
+    info = workspace().pps.inspect_pipeline(name)
+    if as_json:
+        return emit_json([info])
+    console.print(f"[bold]Pipeline:[/] {info.name}  version {info.version}  state {info.state}", highlight=False)
+    console.print(f"[bold]Input:[/] {', '.join(info.input_repos)}  glob {', '.join(info.glob)}", highlight=False)
+    console.print(f"[bold]Workers:[/] {info.parallelism}", highlight=False)
+    if info.last_job:
+        j = info.last_job
+        console.print(
+            f"[bold]Last job:[/] {j.id} {j.state} processed {j.processed} skipped {j.skipped} failed {j.failed}",
+            highlight=False,
+        )
+    console.print_json(json.dumps(info.spec))
+
+
+@list_app.command("job")
+def list_job(
+    pipeline: Annotated[str | None, typer.Option("--pipeline", "-p")] = None,
+    limit: Annotated[int, typer.Option("--limit", "-n")] = 50,
+    as_json: JsonFlag = False,
+) -> None:
+    """List jobs, newest first."""
+    jobs = workspace().pps.list_jobs(pipeline, limit)
+    if as_json:
+        return emit_json(jobs)
+    table = Table("JOB", "PIPELINE", "STATE", "STARTED", "PROCESSED", "SKIPPED", "FAILED", "REMOVED", box=None)
+    for j in jobs:
+        table.add_row(
+            j.id,
+            f"{j.pipeline}@v{j.version}",
+            j.state,
+            ago(j.created_at),
+            str(j.processed),
+            str(j.skipped),
+            str(j.failed),
+            str(j.removed),
+        )
+    console.print(table)
+
+
+@inspect_app.command("job")
+def inspect_job(job_id: str, as_json: JsonFlag = False) -> None:
+    """Show a job: state, timings, datum counts, reason."""
+    job = workspace().pps.inspect_job(job_id)
+    if as_json:
+        return emit_json([job])
+    took = f"{(job.finished_at - job.created_at).total_seconds():.2f}s" if job.finished_at else "running"
+    for key, value in [
+        ("Job", job.id),
+        ("Pipeline", f"{job.pipeline} (version {job.version})"),
+        ("State", job.state),
+        ("Started", f"{job.created_at.isoformat()} ({ago(job.created_at)})"),
+        ("Duration", f"{took} (planning {job.plan_seconds * 1000:.1f} ms)"),
+        (
+            "Datums",
+            f"{job.datums_total} total: {job.processed} processed, {job.skipped} skipped, "
+            f"{job.failed} failed, {job.recovered} recovered, {job.removed} removed",
+        ),
+        ("Inputs", ", ".join(f"{k}@{v}" for k, v in job.input_commits.items())),
+        ("Output commit", job.output_commit or "-"),
+        ("Reason", job.reason or "-"),
+    ]:
+        console.print(f"[bold]{key}:[/] {value}", highlight=False)
+
+
+@list_app.command("datum")
+def list_datum(
+    target: Annotated[str, typer.Argument(help="PIPELINE[@JOB] (default: the pipeline's last job)")],
+    as_json: JsonFlag = False,
+) -> None:
+    """List the datums a job processed, with state, attempts and failure reason."""
+    pipeline, _, job = target.partition("@")
+    datums = workspace().pps.list_datums(pipeline, job or None)
+    if as_json:
+        return emit_json(datums)
+    table = Table("DATUM", "STATE", "ATTEMPTS", "INPUT", "TIME", "REASON", box=None)
+    for d in datums:
+        inputs = ", ".join(f"{name}:{root}" for name, root in d.inputs)
+        table.add_row(d.datum_id[:16], d.state, str(d.attempts), inputs, f"{d.seconds * 1000:.0f} ms", d.reason)
+    console.print(table)
+
+
+@app.command()
+def logs(
+    pipeline: Annotated[str | None, typer.Option("--pipeline", "-p")] = None,
+    job: Annotated[str | None, typer.Option("--job", "-j")] = None,
+    datum: Annotated[str | None, typer.Option("--datum", "-d")] = None,
+) -> None:
+    """Print stored log lines as JSON, each with its pipeline, job, datum and worker ids."""
+    if not (pipeline or job or datum):
+        fail("give --pipeline, --job or --datum", 2)
+    for line in workspace().pps.logs(pipeline, job, datum):
+        sys.stdout.write(json.dumps(line.model_dump(mode="json")) + "\n")
+
+
+class _RichProgress:
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.tasks: dict[str, Any] = {}
+
+    def job_started(self, pipeline: str, job_id: str, to_run: int) -> None:
+        self.tasks[pipeline] = self.progress.add_task(f"{pipeline} job {job_id[:8]}", total=max(to_run, 0))
+
+    def datum_done(self, pipeline: str, ok: bool) -> None:
+        self.progress.advance(self.tasks[pipeline])
+
+    def job_finished(self, job: Any) -> None:
+        task = self.tasks.get(job.pipeline)
+        if task is not None:
+            self.progress.update(
+                task,
+                description=f"{job.pipeline} job {job.id[:8]} {job.state}"
+                + (f" ({job.failed} failed)" if job.failed else ""),
+            )
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=False,
+        disable=not err_console.is_terminal and False,
+    )
+
+
+@app.command()
+def run(as_json: JsonFlag = False) -> None:
+    """Process everything pending and return when idle."""
+    ws = workspace()
+    with _progress() as progress, ws.runner(_RichProgress(progress)) as runner:
+        jobs = runner.run_until_idle()
+    if as_json:
+        return emit_json(jobs)
+    failed = [j for j in jobs if j.state != "success"]
+    console.print(f"{len(jobs)} job(s) run, {len(failed)} with failures")
+    for j in failed:
+        console.print(f"  {j.pipeline} job {j.id}: {j.reason}  (see `alarmsieve list datum {j.pipeline}@{j.id}`)")
+
+
+@app.command()
+def serve(
+    interval: Annotated[float, typer.Option(help="seconds between looks for new commits")] = 1.0,
+    once: Annotated[bool, typer.Option(help="stop after the first idle point (for scripts)")] = False,
+) -> None:
+    """Stay up and process new commits as they land (Ctrl-C to stop)."""
+    ws = workspace()
+    console.print(f"serving {ws.home}; watching for new commits every {interval}s")
+    with ws.runner(wait=False) as runner:
+        try:
+            while True:
+                for job in runner.run_until_idle():
+                    console.print(f"{job.pipeline} job {job.id}: {job.state} ({job.processed} processed)")
+                if once:
+                    return
+                time.sleep(interval)
+        except KeyboardInterrupt:
+            console.print("stopped")
+
+
+# ---- verdicts and evaluation -----------------------------------------------------------------------
+@app.command()
+def verdicts(
+    device: Annotated[str | None, typer.Option("--device", help="only this camera id")] = None,
+    since: Annotated[str | None, typer.Option("--since", help="ISO time or 30m / 2h / 7d")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """List verdicts: device, time, verdict, reasons, detections, model and rules version."""
+    from alarmsieve.verdicts import read_verdicts, verdict_json
+
+    records = read_verdicts(workspace().pfs, device=device, since=parse_since(since))
+    if as_json:
+        return emit_json([verdict_json(r) for r in records])
+    console.print(verdict_table(records))
+
+
+def verdict_table(records: list[Any]) -> Table:
+    colours = {"alert": "bold red", "review": "yellow", "dismiss": "green"}
+    table = Table("CAMERA", "FILE", "OBJECTS", "VERDICT", "REASON", box=None)
+    for r in records:
+        objects = ", ".join(f"{d.label} {d.score:.2f}" for d in r.detections) or "-"
+        table.add_row(
+            r.camera,
+            r.alarm.rsplit("/", 1)[-1],
+            objects,
+            f"[{colours[r.verdict]}]{r.verdict}[/]",
+            r.reasons[0] if r.reasons else "",
+        )
+    return table
+
+
+@app.command("eval")
+def eval_command(
+    images: Annotated[Path, typer.Option(help="folder of images")],
+    labels: Annotated[Path, typer.Option(help="labels: a CSV (file,objects) or a folder of YOLO .txt files")],
+    threat_labels: Annotated[
+        str | None, typer.Option(help="comma-separated; default: the labels rules alert on")
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Run the pipeline on a labelled set: missed threats and suppressed false alarms."""
+    from alarmsieve.config import load_settings
+    from alarmsieve.evaluate import run_eval
+
+    wanted = [t.strip() for t in threat_labels.split(",") if t.strip()] if threat_labels else None
+    with _progress() as progress:
+        report = run_eval(images, labels, base=load_settings(), threat_labels=wanted, progress=_RichProgress(progress))
+    if as_json:
+        sys.stdout.write(report.model_dump_json() + "\n")
+        return
+    console.print(
+        f"[bold]{report.images} images[/]: {report.threats} threats ({', '.join(report.threat_labels)}), "
+        f"{report.calm} calm",
+        highlight=False,
+    )
+    console.print(
+        f"missed threats: {report.missed}/{report.threats} ({report.missed_rate:.1%})   "
+        f"suppression: {report.suppressed}/{report.calm} calm images dismissed ({report.suppression:.1%})   "
+        f"operator load on calm images: {report.reviews_on_calm} reviews, {report.alerts_on_calm} alerts",
+        highlight=False,
+    )
+    for title, items in (("missed threats", report.misses), ("false alarms", report.false_alarms)):
+        if items:
+            console.print(f"[bold]{title}:[/]")
+            for o in items:
+                console.print(
+                    f"  {o.file} [{', '.join(o.objects)}] -> {o.verdict}: {'; '.join(o.reasons[:2])}", highlight=False
+                )
+
+
+# ---- stage runtime and demo ------------------------------------------------------------------------
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def stage(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="validate, detect, assess, notify, noop")],
+    pfs: Annotated[Path, typer.Option(help="datum root (Pachyderm: /pfs)", envvar="PFS_ROOT")] = Path("/pfs"),
+) -> None:
+    """Run one stage on the datum laid out at PFS (how the stages run inside a Pachyderm worker)."""
+    import os
+
+    from alarmsieve.config import load_settings
+    from alarmsieve.stages.base import DatumContext, StageServices
+    from alarmsieve.stages.registry import build_stage
+
+    settings = load_settings()
+    services = StageServices(
+        workspace=settings.resolved_home,
+        catalog_url=settings.resolved_catalog_url,
+        model_dir=settings.model_dir,
+        model_cache=settings.model_cache,
+    )
+    built = build_stage(name, list(ctx.args), services)
+    (pfs / "out").mkdir(parents=True, exist_ok=True)
+    built.process(
+        DatumContext(
+            pfs=pfs,
+            pipeline=os.environ.get("PPS_PIPELINE_NAME", name),
+            job_id=os.environ.get("PACH_JOB_ID", ""),
+            datum_id=os.environ.get("PACH_DATUM_ID", ""),
+        )
+    )
+
+
+@app.command()
+def demo(
+    report: Annotated[Path, typer.Option(help="where to write the HTML report")] = Path("report.html"),
+    images: Annotated[Path | None, typer.Option(help="sample photos folder (default: scikit-image's data)")] = None,
+) -> None:
+    """Initialise the workspace, put sample alarms from three cameras, run every pipeline, report."""
+    from alarmsieve.report import DEMO_ALARMS, demo_sources, write_report
+    from alarmsieve.verdicts import read_verdicts
+
+    ws = workspace(must_exist=False)
+    for line in ws.init():
+        console.print(line)
+    sources = demo_sources(images)
+    builder = ws.pfs.start_commit("images", description="demo alarms")
+    for camera, file in DEMO_ALARMS:
+        builder.put_local_file(f"/{camera}/{file}", sources[file])
+    commit = builder.finish()
+    console.print(f"put {len(DEMO_ALARMS)} alarms from 3 cameras into images@{commit.id}")
+    started = time.perf_counter()
+    with _progress() as progress, ws.runner(_RichProgress(progress)) as runner:
+        jobs = runner.run_until_idle()
+    took = time.perf_counter() - started
+    records = read_verdicts(ws.pfs)
+    console.print(verdict_table(records))
+    counts = {v: sum(1 for r in records if r.verdict == v) for v in ("alert", "review", "dismiss")}
+    outbox = sorted(ws.outbox.glob("*.eml")) if ws.outbox.is_dir() else []
+    console.print(
+        f"{len(records)} alarms verified in {took:.1f}s ({len(jobs)} jobs): {counts['alert']} alert, "
+        f"{counts['review']} review, {counts['dismiss']} dismiss; {len(outbox)} notification(s) in {ws.outbox}",
+        highlight=False,
+    )
+    write_report(ws.pfs, records, report)
+    console.print(f"report: {report.resolve()}")
+
+
+def main() -> None:
+    try:
+        known = _known_errors()
+    except Exception:  # pragma: no cover - import problems surface below with their own traceback
+        known = ()
+    try:
+        app()
+    except known as exc:  # type: ignore[misc]
+        fail(str(exc))
+
+
+@app.callback(invoke_without_command=True)
+def _version(
+    version: Annotated[bool, typer.Option("--version", help="print the version and exit")] = False,
+) -> None:
+    if version:
+        console.print(f"alarmsieve {__version__}")
+        raise typer.Exit()

@@ -1,0 +1,46 @@
+"""Process-wide settings, read from the environment (``ALARMSIEVE_*``).
+
+One pydantic-settings model so that every knob has a name, a type and a default in one place.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ALARMSIEVE_", extra="ignore")
+
+    home: Path = Field(default=Path(".alarmsieve"), description="workspace folder")
+    catalog_url: str | None = Field(
+        default=None, description="SQLAlchemy URL of the catalog; default: SQLite file in the workspace"
+    )
+    object_store: str | None = Field(
+        default=None, description="object store location; default: the objects/ folder of the workspace"
+    )
+    model_dir: Path | None = Field(default=None, description="folder holding detector model files")
+    model_cache: Path = Field(
+        default=Path.home() / ".cache" / "alarmsieve" / "models",
+        description="user cache for downloaded models",
+    )
+
+    @property
+    def resolved_home(self) -> Path:
+        return self.home.expanduser().resolve()
+
+    @property
+    def resolved_catalog_url(self) -> str:
+        if self.catalog_url:
+            return self.catalog_url
+        return f"sqlite:///{self.resolved_home / 'catalog.sqlite'}"
+
+    @property
+    def resolved_object_store(self) -> str:
+        return self.object_store or str(self.resolved_home / "objects")
+
+
+def load_settings() -> Settings:
+    return Settings()

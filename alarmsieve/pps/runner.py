@@ -1,0 +1,516 @@
+"""The job runner: turns new input commits into jobs, jobs into datums, datums into one output commit.
+
+For each pipeline (upstream first) whose input heads moved since its last job, the runner plans the
+datums, runs the new or changed ones on the pipeline's worker pool, and writes the output commit:
+parent output − outputs of removed or changed datums + new outputs, with provenance to the input
+commits and the pipeline version. The commit and the processed-datum index change in one
+transaction, so a runner killed mid-job leaves the previous state intact and the next run redoes it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Protocol
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session
+
+from alarmsieve.pfs.api import CommitInfo, Pfs
+from alarmsieve.pps.api import JobInfo, Pps, job_info
+from alarmsieve.pps.datums import Datum, plan_all, plan_changed
+from alarmsieve.pps.executor import WorkerPool
+from alarmsieve.pps.spec import PipelineSpec
+from alarmsieve.pps.tables import DatumRow, JobRow, LogRow, PipelineVersionRow, ProcessedDatumRow
+from alarmsieve.pps.worker import DatumResult, DatumTask, WorkerConfig
+
+log = logging.getLogger("alarmsieve.runner")
+
+
+class JobProgress(Protocol):
+    def job_started(self, pipeline: str, job_id: str, to_run: int) -> None: ...
+    def datum_done(self, pipeline: str, ok: bool) -> None: ...
+    def job_finished(self, job: JobInfo) -> None: ...
+
+
+@dataclass
+class RuntimePaths:
+    home: Path
+    object_store: str
+    catalog_url: str
+    model_dir: Path | None
+    model_cache: Path | None
+
+
+@dataclass
+class _Processed:
+    hash: str
+    state: str
+    outputs: list[str]
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Runner:
+    def __init__(
+        self,
+        pfs: Pfs,
+        pps: Pps,
+        paths: RuntimePaths,
+        *,
+        progress: JobProgress | None = None,
+        cpu_count: int | None = None,
+    ) -> None:
+        import os
+
+        self.pfs = pfs
+        self.pps = pps
+        self.paths = paths
+        self.progress = progress
+        self.cpu_count = cpu_count or os.cpu_count() or 1
+        self.pools: dict[tuple[str, int], WorkerPool] = {}
+        self._recover_interrupted_jobs()
+
+    # ---- lifecycle ---------------------------------------------------------------------------------
+    def _recover_interrupted_jobs(self) -> None:
+        with self.pfs.session() as s, s.begin():
+            s.execute(
+                update(JobRow)
+                .where(JobRow.state == "running")
+                .values(
+                    state="killed",
+                    finished_at=_now(),
+                    reason="the runner stopped before this job finished; its datums run again in the next job",
+                )
+            )
+
+    def close(self) -> None:
+        for pool in self.pools.values():
+            pool.close()
+        self.pools.clear()
+
+    def __enter__(self) -> Runner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def pool_for(self, name: str, version: int, spec: PipelineSpec) -> WorkerPool:
+        key = (name, version)
+        pool = self.pools.get(key)
+        if pool is None:
+            for (other, other_version), old in list(self.pools.items()):
+                if other == name and other_version != version:  # a new version replaces the old workers
+                    old.close()
+                    del self.pools[(other, other_version)]
+            run_id = uuid.uuid4().hex[:6]
+
+            def make_config(index: int) -> WorkerConfig:
+                worker_id = f"{name}-v{version}-w{index}-{run_id}"
+                return WorkerConfig(
+                    worker_id=worker_id,
+                    pipeline=name,
+                    pipeline_version=f"{name}@v{version}",
+                    cmd=list(spec.transform.cmd),
+                    stdin=list(spec.transform.stdin),
+                    env=dict(spec.transform.env),
+                    scratch=self.paths.home / "scratch" / worker_id,
+                    object_store=self.paths.object_store,
+                    catalog_url=self.paths.catalog_url,
+                    workspace=self.paths.home,
+                    model_dir=self.paths.model_dir,
+                    model_cache=self.paths.model_cache,
+                )
+
+            timeout = spec.datum_timeout.total_seconds() if spec.datum_timeout else None
+            pool = WorkerPool(
+                make_config,
+                spec.parallelism_spec.workers(self.cpu_count),
+                datum_tries=spec.datum_tries,
+                datum_timeout=timeout,
+            )
+            self.pools[key] = pool
+        return pool
+
+    # ---- scheduling --------------------------------------------------------------------------------
+    def run_until_idle(self, max_rounds: int = 1000) -> list[JobInfo]:
+        """Run jobs until no pipeline has new input; returns the jobs run, in order."""
+        jobs: list[JobInfo] = []
+        for _ in range(max_rounds):
+            ran = False
+            for name in self.pps.topological_order():
+                job = self.run_pipeline_once(name)
+                if job is not None:
+                    jobs.append(job)
+                    ran = True
+            if not ran:
+                break
+        return jobs
+
+    def _input_commits(self, spec: PipelineSpec) -> dict[str, CommitInfo] | None:
+        commits: dict[str, CommitInfo] = {}
+        for leaf in spec.input.pfs_inputs():
+            head = self.pfs.head(leaf.repo, leaf.branch)
+            if head is None:
+                return None
+            commits[leaf.name] = head
+        return commits
+
+    def run_pipeline_once(self, name: str) -> JobInfo | None:
+        spec, version, salt, state = self.pps.get_spec(name)
+        if state != "running":
+            return None
+        commits = self._input_commits(spec)
+        if commits is None:
+            return None
+        commit_ids = {k: c.id for k, c in commits.items()}
+        with self.pfs.session() as s:
+            last = s.scalar(
+                select(JobRow)
+                .where(JobRow.pipeline == name, JobRow.state.in_(("success", "failure")))
+                .order_by(JobRow.created_at.desc())
+                .limit(1)
+            )
+            if last is not None and last.version == version and json.loads(last.input_commits) == commit_ids:
+                return None
+            last_salt = None
+            if last is not None:
+                last_version = s.get(PipelineVersionRow, (name, last.version))
+                last_salt = last_version.salt if last_version else None
+            last_inputs = json.loads(last.input_commits) if last is not None else None
+        return self._run_job(name, spec, version, salt, commits, last_inputs if last_salt == salt else None)
+
+    # ---- one job -----------------------------------------------------------------------------------
+    def _run_job(
+        self,
+        name: str,
+        spec: PipelineSpec,
+        version: int,
+        salt: str,
+        commits: dict[str, CommitInfo],
+        last_inputs: dict[str, str] | None,
+    ) -> JobInfo:
+        job_id = uuid.uuid4().hex
+        commit_ids = {k: c.id for k, c in commits.items()}
+        with self.pfs.session() as s, s.begin():
+            s.add(
+                JobRow(
+                    id=job_id,
+                    pipeline=name,
+                    version=version,
+                    state="running",
+                    input_commits=json.dumps(commit_ids),
+                    created_at=_now(),
+                )
+            )
+        logs = _JobLog(self.pfs, name, job_id)
+        started = time.perf_counter()
+        present, gone, processed = self._plan(name, spec, salt, commit_ids, last_inputs)
+        to_run = [d for d in present.values() if _needs_run(d, processed.get(d.id))]
+        plan_seconds = time.perf_counter() - started
+        logs.add(
+            f"job started: {len(to_run)} datums to process, {len(present) - len(to_run)} unchanged in this plan, "
+            f"{len(gone)} removed (planned in {plan_seconds * 1000:.1f} ms)"
+        )
+        if self.progress:
+            self.progress.job_started(name, job_id, len(to_run))
+
+        results: dict[str, DatumResult] = {}
+        datum_rows: list[DatumRow] = []
+        by_id = {d.id: d for d in to_run}
+        if to_run:
+            times = {k: c.finished_at for k, c in commits.items()}
+            tasks = [DatumTask(job_id, d.id, d.files, times) for d in to_run]
+
+            def on_result(result: DatumResult, attempts: int) -> None:
+                results[result.datum_id] = result
+                datum_rows.append(_datum_row(name, by_id[result.datum_id], result, attempts))
+                for line in result.logs:
+                    logs.add(
+                        line.message,
+                        datum=result.datum_id,
+                        worker=result.worker,
+                        level=line.level,
+                        ts=line.ts,
+                    )
+                if not result.ok:
+                    logs.add(
+                        f"datum failed after {attempts} attempts: {result.reason}",
+                        datum=result.datum_id,
+                        worker=result.worker,
+                        level="ERROR",
+                    )
+                if len(datum_rows) >= 200:
+                    self._flush(datum_rows, logs)
+                if self.progress:
+                    self.progress.datum_done(name, result.ok)
+
+            def on_retry(task: DatumTask, reason: str) -> None:
+                logs.add(f"attempt {task.attempt} failed, retrying: {reason}", datum=task.datum_id, level="WARNING")
+
+            try:
+                self.pool_for(name, version, spec).run(tasks, on_result, on_retry)
+            except Exception as exc:
+                self._flush(datum_rows, logs)
+                return self._fail_job(job_id, f"{type(exc).__name__}: {exc}")
+        self._flush(datum_rows, logs)
+        return self._commit_job(
+            name,
+            spec,
+            version,
+            job_id,
+            commits,
+            present,
+            gone,
+            processed,
+            to_run,
+            results,
+            plan_seconds,
+            logs,
+        )
+
+    def _plan(
+        self,
+        name: str,
+        spec: PipelineSpec,
+        salt: str,
+        commit_ids: dict[str, str],
+        last_inputs: dict[str, str] | None,
+    ) -> tuple[dict[str, Datum], set[str], dict[str, _Processed]]:
+        leaves = spec.input.pfs_inputs()
+        with self.pfs.session() as s:
+            if spec.input.pfs is not None and last_inputs is not None and leaves[0].name in last_inputs:
+                leaf = leaves[0]
+                failed_roots = [
+                    json.loads(roots)[0][1]
+                    for roots in s.scalars(
+                        select(ProcessedDatumRow.roots).where(
+                            ProcessedDatumRow.pipeline == name, ProcessedDatumRow.state == "failed"
+                        )
+                    )
+                ]
+                present, gone = plan_changed(
+                    self.pfs, leaf, last_inputs[leaf.name], commit_ids[leaf.name], salt, failed_roots
+                )
+                ids = list(set(present) | gone)
+                processed = self._load_processed(s, name, ids)
+                gone = {i for i in gone if i in processed}
+            else:
+                present = plan_all(self.pfs, spec.input, commit_ids, salt)
+                processed = self._load_processed(s, name, None)
+                gone = set(processed) - set(present)
+        return present, gone, processed
+
+    @staticmethod
+    def _load_processed(s: Session, name: str, ids: list[str] | None) -> dict[str, _Processed]:
+        out: dict[str, _Processed] = {}
+        chunks = [None] if ids is None else [ids[i : i + 500] for i in range(0, len(ids), 500)]
+        for chunk in chunks:
+            q = select(
+                ProcessedDatumRow.datum_id,
+                ProcessedDatumRow.hash,
+                ProcessedDatumRow.state,
+                ProcessedDatumRow.outputs,
+            ).where(ProcessedDatumRow.pipeline == name)
+            if chunk is not None:
+                q = q.where(ProcessedDatumRow.datum_id.in_(chunk))
+            for datum_id, hash_, state, outputs in s.execute(q):
+                out[datum_id] = _Processed(hash_, state, json.loads(outputs))
+        return out
+
+    def _flush(self, datum_rows: list[DatumRow], logs: _JobLog) -> None:
+        with self.pfs.session() as s, s.begin():
+            s.add_all(datum_rows)
+            logs.flush(s)
+        datum_rows.clear()
+
+    def _fail_job(self, job_id: str, reason: str) -> JobInfo:
+        with self.pfs.session() as s, s.begin():
+            row = s.get(JobRow, job_id)
+            assert row is not None
+            row.state = "failure"
+            row.reason = reason
+            row.finished_at = _now()
+            s.flush()
+            info = job_info(row)
+        if self.progress:
+            self.progress.job_finished(info)
+        return info
+
+    def _commit_job(
+        self,
+        name: str,
+        spec: PipelineSpec,
+        version: int,
+        job_id: str,
+        commits: dict[str, CommitInfo],
+        present: dict[str, Datum],
+        gone: set[str],
+        processed: dict[str, _Processed],
+        to_run: list[Datum],
+        results: dict[str, DatumResult],
+        plan_seconds: float,
+        logs: _JobLog,
+    ) -> JobInfo:
+        builder = self.pfs.start_commit(
+            name,
+            origin="auto",
+            description=f"job {job_id}",
+            provenance=[c.id for c in commits.values()],
+            job_id=job_id,
+            pipeline_version=f"{name}@v{version}",
+        )
+        rewritten = gone | {d.id for d in to_run}
+        for datum_id in rewritten:
+            old = processed.get(datum_id)
+            for path in old.outputs if old else []:
+                builder.delete(path)
+        # Two datums may not write one path: check against this job and against unchanged datums.
+        claimed: dict[str, str] = {}
+        new_paths = [p for r in results.values() if r.ok for p, _, _ in r.outputs]
+        existing = self.pfs.lookup(name, "master", new_paths) if new_paths else {}
+        for datum in to_run:
+            result = results.get(datum.id)
+            if result is None or not result.ok:
+                continue
+            for path, _sha, _size in result.outputs:
+                owner = claimed.get(path)
+                if owner is None:
+                    current = existing.get(path)
+                    if current is not None and current.tag not in rewritten:
+                        owner = current.tag
+                if owner is not None and owner != datum.id:
+                    result.ok = False
+                    result.reason = (
+                        f"output path {path} is written by two datums: {owner[:12]} and {datum.id[:12]}; "
+                        "change the glob or the stage so that each datum writes its own paths"
+                    )
+                    logs.add(result.reason, datum=datum.id, level="ERROR")
+                    break
+            if result.ok:
+                for path, sha256, size in result.outputs:
+                    claimed[path] = datum.id
+                    builder.put_object(path, sha256, size, tag=datum.id)
+
+        failed = [d for d in to_run if not results.get(d.id) or not results[d.id].ok]
+        recovered = sum(
+            1
+            for d in to_run
+            if d.id in results and results[d.id].ok and processed.get(d.id) and processed[d.id].state == "failed"
+        )
+
+        def record(s: Session, commit: CommitInfo) -> None:
+            if gone:
+                s.execute(
+                    delete(ProcessedDatumRow).where(
+                        ProcessedDatumRow.pipeline == name, ProcessedDatumRow.datum_id.in_(list(gone))
+                    )
+                )
+            for datum in to_run:
+                result = results.get(datum.id)
+                ok = result is not None and result.ok
+                row = ProcessedDatumRow(
+                    pipeline=name,
+                    datum_id=datum.id,
+                    hash=datum.hash,
+                    state="success" if ok else "failed",
+                    job_id=job_id,
+                    roots=json.dumps(datum.roots),
+                    outputs=json.dumps([p for p, _, _ in result.outputs] if ok and result else []),
+                )
+                s.merge(row)
+            s.flush()
+            total = s.query(ProcessedDatumRow).filter(ProcessedDatumRow.pipeline == name).count()
+            job = s.get(JobRow, job_id)
+            assert job is not None
+            job.output_commit = commit.id
+            job.datums_total = total
+            job.processed = len(to_run) - len(failed)
+            job.failed = len(failed)
+            job.recovered = recovered
+            job.skipped = total - len(to_run)
+            job.removed = len(gone)
+            job.plan_seconds = plan_seconds
+            job.finished_at = _now()
+            if failed:
+                first = results.get(failed[0].id)
+                job.state = "failure"
+                job.reason = f"{len(failed)} datum(s) failed; first: {first.reason if first else 'no result'}"
+            else:
+                job.state = "success"
+            logs.add(
+                f"job {job.state}: {job.processed} processed, {job.skipped} skipped, {job.failed} failed, "
+                f"{job.removed} removed; output commit {commit.id}"
+            )
+            logs.flush(s)
+
+        builder.on_commit = record
+        builder.finish()
+        info = self.pps.inspect_job(job_id)
+        if self.progress:
+            self.progress.job_finished(info)
+        return info
+
+
+def _needs_run(datum: Datum, old: _Processed | None) -> bool:
+    return old is None or old.hash != datum.hash or old.state != "success"
+
+
+def _datum_row(pipeline: str, datum: Datum, result: DatumResult, attempts: int) -> DatumRow:
+    return DatumRow(
+        job_id=result.job_id,
+        datum_id=datum.id,
+        pipeline=pipeline,
+        hash=datum.hash,
+        state=("recovered" if attempts > 1 else "success") if result.ok else "failed",
+        attempts=attempts,
+        inputs=json.dumps([[name, root] for name, root in datum.roots]),
+        reason=result.reason,
+        traceback=result.traceback,
+        worker=result.worker,
+        seconds=result.seconds,
+        finished_at=_now(),
+    )
+
+
+class _JobLog:
+    """Buffers a job's log lines (each with pipeline, job, datum and worker ids) for batched inserts."""
+
+    def __init__(self, pfs: Pfs, pipeline: str, job_id: str) -> None:
+        self.pfs = pfs
+        self.pipeline = pipeline
+        self.job_id = job_id
+        self.rows: list[LogRow] = []
+
+    def add(
+        self,
+        message: str,
+        *,
+        datum: str = "",
+        worker: str = "",
+        level: str = "INFO",
+        ts: datetime | None = None,
+    ) -> None:
+        self.rows.append(
+            LogRow(
+                ts=ts or _now(),
+                pipeline=self.pipeline,
+                job_id=self.job_id,
+                datum_id=datum,
+                worker=worker,
+                level=level,
+                message=message,
+            )
+        )
+        log.debug("%s", message, extra={"pipeline": self.pipeline, "job": self.job_id, "datum": datum})
+
+    def flush(self, s: Session) -> None:
+        s.add_all(self.rows)
+        self.rows = []

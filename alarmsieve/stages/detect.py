@@ -1,0 +1,120 @@
+"""Stage ``detect``: YOLOX-Nano on every usable alarm image; writes detections and an annotated JPEG.
+
+Input: ``validate`` repo, one alarm folder per datum. The model is loaded once per worker. A detector
+error is recorded as ``detector_error`` (judged ``review`` downstream, never dismissed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from alarmsieve.stages.alarms import alarm_folders, pass_through, read_record, write_record
+from alarmsieve.stages.base import DatumContext, Stage, StageServices, StageUsageError
+from alarmsieve.stages.records import (
+    ANNOTATED_FILE,
+    DETECTIONS_FILE,
+    META_FILE,
+    AlarmMeta,
+    BoxRecord,
+    DetectionsRecord,
+    ModelRef,
+)
+from alarmsieve.vision.annotate import annotate, encode_jpeg
+from alarmsieve.vision.detector import create_detector
+from alarmsieve.vision.models import CATALOGUE, locate_model
+
+THREAT_HIGHLIGHT = {"person", "car", "truck", "bus", "motorcycle", "bicycle"}
+
+
+class DetectStage(Stage):
+    name = "detect"
+
+    def __init__(self, args: list[str], services: StageServices) -> None:
+        super().__init__(args, services)
+        parser = argparse.ArgumentParser(prog="alarmsieve stage detect", exit_on_error=False)
+        parser.add_argument("--model", default="yolox-nano", help="catalogue name or path of an ONNX file")
+        parser.add_argument("--score-threshold", type=float, default=0.25)
+        parser.add_argument("--nms-iou", type=float, default=0.45)
+        parser.add_argument("--threads", type=int, default=1)
+        try:
+            opts = parser.parse_args(args)
+        except (argparse.ArgumentError, SystemExit) as exc:
+            raise StageUsageError(f"detect: bad arguments {args}: {exc}") from exc
+        cv2.setNumThreads(1)  # one worker per core: no oversubscription
+        explicit = None if opts.model in CATALOGUE else Path(opts.model)
+        model = locate_model(
+            "yolox-nano" if explicit else opts.model,
+            explicit_path=explicit,
+            model_dir=services.model_dir,
+            cache_dir=services.model_cache,
+            allow_download=os.environ.get("ALARMSIEVE_OFFLINE", "") not in ("1", "true", "yes"),
+        )
+        self.detector = create_detector(
+            "onnx", model=model, score_threshold=opts.score_threshold, nms_iou=opts.nms_iou, threads=opts.threads
+        )
+        self.model_ref = ModelRef(name=model.entry.name, sha256=model.sha256)
+
+    def identity(self) -> dict[str, str]:
+        return {**super().identity(), "model": self.model_ref.name, "model_sha256": self.model_ref.sha256}
+
+    def process(self, ctx: DatumContext) -> None:
+        for folder, rel in alarm_folders(ctx, META_FILE):
+            meta = read_record(folder / META_FILE, AlarmMeta)
+            record = self.detect_one(folder, meta, ctx)
+            write_record(ctx, rel, META_FILE, meta)
+            write_record(ctx, rel, DETECTIONS_FILE, record)
+            pass_through(ctx, folder, rel, meta.image_file)
+            if record.status in ("ok", "uniform"):
+                image = cv2.imread(str(folder / (meta.image_file or "")), cv2.IMREAD_COLOR)
+                if image is not None:
+                    boxes = [_as_detection(b) for b in record.detections]
+                    (ctx.out / rel / ANNOTATED_FILE).write_bytes(
+                        encode_jpeg(annotate(image, boxes, highlight=THREAT_HIGHLIGHT))
+                    )
+
+    def detect_one(self, folder: Path, meta: AlarmMeta, ctx: DatumContext) -> DetectionsRecord:
+        base = {"meta": meta, "model": self.model_ref, "pipeline_version": ctx.pipeline_version}
+        if meta.status == "rejected" or not meta.image_file:
+            return DetectionsRecord(**base, status="rejected", reason=meta.reason)
+        try:
+            image = _read_bgr(folder / meta.image_file)
+            started = time.perf_counter()
+            found = self.detector.detect(image)
+            elapsed = (time.perf_counter() - started) * 1000
+        except Exception as exc:  # the verdict becomes `review`: a failed detector never dismisses
+            ctx.log.exception("detector failed on %s", meta.alarm)
+            return DetectionsRecord(**base, status="detector_error", reason=f"detector failed: {exc}")
+        ctx.log.info(
+            "alarm %s: %s in %.1f ms",
+            meta.alarm,
+            ", ".join(f"{d.label} {d.score:.2f}" for d in found) or "nothing",
+            elapsed,
+        )
+        return DetectionsRecord(
+            **base,
+            status=meta.status,
+            reason=meta.reason,
+            detections=[BoxRecord(label=d.label, score=d.score, box=d.box) for d in found],
+            inference_ms=round(elapsed, 2),
+        )
+
+
+def _read_bgr(path: Path) -> np.ndarray:
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise ValueError(f"{path.name} could not be decoded")
+    return image
+
+
+def _as_detection(box: BoxRecord):
+    from alarmsieve.vision.detector import Detection
+    from alarmsieve.vision.models import COCO_LABELS
+
+    class_id = COCO_LABELS.index(box.label) if box.label in COCO_LABELS else -1
+    return Detection(label=box.label, class_id=class_id, score=box.score, box=box.box)

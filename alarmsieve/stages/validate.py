@@ -1,0 +1,122 @@
+"""Stage ``validate``: is this alarm image usable, which camera sent it, and when was it taken?
+
+Input: ``images`` repo, ``<camera>/<file>``. Output per alarm: ``<camera>/<file>/meta.json`` and the
+image itself (unchanged) when it is usable. A rejected file is recorded with its reason and the
+rest of the datum goes on; a uniform frame (covered lens, dead IR) is kept as possible tampering.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+
+from alarmsieve.stages.alarms import write_record
+from alarmsieve.stages.base import DatumContext, Stage, StageServices, StageUsageError
+from alarmsieve.stages.records import META_FILE, AlarmMeta
+from alarmsieve.vision.images import ImageLimits, ImageRejected, decode_image, is_uniform
+
+# 2026-11-27T10:30:00, 20261127_103000, 20261127-103000, 2026-11-27_10-30-00 ...
+_STAMP = re.compile(
+    r"(?<!\d)(?P<y>20\d\d|19\d\d)[-_.]?(?P<mo>[01]\d)[-_.]?(?P<d>[0-3]\d)[T_ -]?"
+    r"(?P<h>[0-2]\d)[-_:.]?(?P<mi>[0-5]\d)[-_:.]?(?P<s>[0-5]\d)(?!\d)"
+)
+_EPOCH = re.compile(r"(?<!\d)(1[5-9]\d{8})(?!\d)")  # 10-digit Unix time, 2017..2033
+
+
+def time_from_filename(name: str) -> datetime | None:
+    match = _STAMP.search(name)
+    if match:
+        try:
+            return datetime(*(int(match[k]) for k in ("y", "mo", "d", "h", "mi", "s")), tzinfo=UTC)
+        except ValueError:
+            return None
+    epoch = _EPOCH.search(name)
+    if epoch:
+        return datetime.fromtimestamp(int(epoch[1]), UTC)
+    return None
+
+
+class ValidateStage(Stage):
+    name = "validate"
+
+    def __init__(self, args: list[str], services: StageServices) -> None:
+        super().__init__(args, services)
+        parser = argparse.ArgumentParser(prog="alarmsieve stage validate", exit_on_error=False)
+        parser.add_argument("--max-bytes", type=int, default=ImageLimits().max_bytes)
+        parser.add_argument("--max-pixels", type=int, default=ImageLimits().max_pixels)
+        parser.add_argument("--min-side", type=int, default=ImageLimits().min_side)
+        parser.add_argument("--uniform-threshold", type=float, default=4.0)
+        try:
+            opts = parser.parse_args(args)
+        except (argparse.ArgumentError, SystemExit) as exc:
+            raise StageUsageError(f"validate: bad arguments {args}: {exc}") from exc
+        self.limits = ImageLimits(max_bytes=opts.max_bytes, max_pixels=opts.max_pixels, min_side=opts.min_side)
+        self.uniform_threshold = opts.uniform_threshold
+
+    def process(self, ctx: DatumContext) -> None:
+        for root in ctx.inputs():
+            commit_time = ctx.input_commit_times.get(root.name)
+            for path in sorted(p for p in root.rglob("*") if p.is_file()):
+                rel = path.relative_to(root).as_posix()
+                meta = self.check(path, rel, commit_time)
+                write_record(ctx, rel, META_FILE, meta)
+                if meta.image_file:
+                    dest = ctx.out / rel / meta.image_file
+                    dest.write_bytes(path.read_bytes())
+                if meta.status != "ok":
+                    ctx.log.warning("alarm %s: %s (%s)", meta.alarm, meta.status, meta.reason)
+                else:
+                    ctx.log.info("alarm %s: ok %sx%s %s", meta.alarm, meta.width, meta.height, meta.format)
+
+    def check(self, path: Path, rel: str, commit_time: datetime | None) -> AlarmMeta:
+        data = path.read_bytes()
+        parts = rel.split("/")
+        camera = parts[0] if len(parts) > 1 else "unknown"
+        fallback_time = commit_time or datetime.now(UTC)
+        common = {
+            "alarm": "/" + rel,
+            "camera": camera,
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "size_bytes": len(data),
+        }
+        name_time = time_from_filename(path.name)
+        try:
+            image = decode_image(data, self.limits)
+        except ImageRejected as rejected:
+            return AlarmMeta(
+                **common,
+                time=name_time or fallback_time,
+                time_source="filename" if name_time else "commit",
+                image_file=None,
+                status="rejected",
+                reason_code=rejected.code,
+                reason=rejected.message,
+            )
+        if image.exif_time is not None:
+            when, source = image.exif_time, "exif"
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=UTC)  # camera local time without an offset: kept as given
+        elif name_time is not None:
+            when, source = name_time, "filename"
+        else:
+            when, source = fallback_time, "commit"
+        uniform = is_uniform(image.bgr, self.uniform_threshold)
+        return AlarmMeta(
+            **common,
+            time=when,
+            time_source=source,  # type: ignore[arg-type]
+            image_file=f"image.{image.format.replace('jpeg', 'jpg')}",
+            format=image.format,
+            width=image.width,
+            height=image.height,
+            status="uniform" if uniform else "ok",
+            reason_code="uniform" if uniform else "",
+            reason=(
+                "the frame is nearly uniform (covered lens, dead infrared or tampering?); an operator should look"
+                if uniform
+                else ""
+            ),
+        )

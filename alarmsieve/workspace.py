@@ -1,0 +1,121 @@
+"""The embedded workspace: where the catalog, the object store, the outbox and the runner lock live.
+
+It wires the layers together from :class:`~alarmsieve.config.Settings` (``ALARMSIEVE_HOME``,
+``ALARMSIEVE_CATALOG_URL``, ``ALARMSIEVE_MODEL_DIR`` …) and knows the default setup: repos
+``images`` and ``rules`` (with the default rules file) and the pipelines in ``pipelines/*.json``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import alarmsieve
+from alarmsieve.config import Settings, load_settings
+from alarmsieve.migrations import upgrade
+from alarmsieve.pfs.api import Pfs
+from alarmsieve.pfs.objects import open_object_store
+from alarmsieve.pps.api import Pps
+from alarmsieve.pps.runner import JobProgress, Runner, RuntimePaths
+from alarmsieve.pps.spec import load_spec_file
+from alarmsieve.rules.schema import DEFAULT_RULES_YAML
+
+DEFAULT_REPOS = ("images", "rules")
+RULES_FILE = "/default.yaml"
+
+
+class WorkspaceError(RuntimeError):
+    pass
+
+
+def default_pipelines_dir() -> Path:
+    """``pipelines/`` of the source tree the package runs from, else of the current folder."""
+    beside_package = Path(alarmsieve.__file__).resolve().parents[1] / "pipelines"
+    return beside_package if beside_package.is_dir() else Path.cwd() / "pipelines"
+
+
+class Workspace:
+    def __init__(self, settings: Settings | None = None, *, must_exist: bool = True) -> None:
+        self.settings = settings or load_settings()
+        self.home = self.settings.resolved_home
+        if must_exist and not (self.home / "workspace.txt").exists() and not self.settings.catalog_url:
+            raise WorkspaceError(
+                f"no alarmsieve workspace at {self.home}; run `alarmsieve init` first "
+                "(or set ALARMSIEVE_HOME to an existing workspace)"
+            )
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.catalog_url = self.settings.resolved_catalog_url
+        upgrade(self.catalog_url)
+        self.pfs = Pfs(self.catalog_url, open_object_store(self.settings.resolved_object_store))
+        self.pps = Pps(self.pfs)
+
+    @property
+    def outbox(self) -> Path:
+        return self.home / "outbox"
+
+    def init(self, pipelines_dir: Path | None = None) -> list[str]:
+        """Create the default repos, rules file and pipelines; idempotent. Returns what was done."""
+        done = []
+        (self.home / "workspace.txt").write_text(f"alarmsieve workspace, version {alarmsieve.__version__}\n")
+        for repo in DEFAULT_REPOS:
+            if not self.pfs.repo_exists(repo):
+                self.pfs.create_repo(repo)
+                done.append(f"created repo {repo}")
+        if self.pfs.head("rules") is None:
+            builder = self.pfs.start_commit("rules", description="default rules")
+            builder.put_bytes(RULES_FILE, DEFAULT_RULES_YAML.encode())
+            builder.finish()
+            done.append(f"wrote rules@master:{RULES_FILE}")
+        folder = pipelines_dir or default_pipelines_dir()
+        if not folder.is_dir():
+            raise WorkspaceError(f"pipeline folder {folder} not found; pass --pipelines DIR")
+        specs = [load_spec_file(path) for path in sorted(folder.glob("*.json"))]
+        existing = set(self.pps.pipeline_names())
+        pending = [s for s in specs if s.name not in existing]
+        # create in dependency order: a pipeline's input repos must exist first
+        while pending:
+            ready = [s for s in pending if all(self.pfs.repo_exists(r) for r in s.input_repos())]
+            if not ready:
+                names = ", ".join(s.name for s in pending)
+                raise WorkspaceError(f"pipelines {names} read repos that neither exist nor are pipeline outputs")
+            for spec in ready:
+                self.pps.create_pipeline(spec)
+                done.append(f"created pipeline {spec.name}")
+                pending.remove(spec)
+        return done
+
+    def runtime_paths(self) -> RuntimePaths:
+        return RuntimePaths(
+            home=self.home,
+            object_store=self.settings.resolved_object_store,
+            catalog_url=self.catalog_url,
+            model_dir=self.settings.model_dir,
+            model_cache=self.settings.model_cache,
+        )
+
+    @contextlib.contextmanager
+    def runner(self, progress: JobProgress | None = None, *, wait: bool = False) -> Iterator[Runner]:
+        """A runner holding the workspace's runner lock (one runner per workspace at a time)."""
+        lock_path = self.home / "runner.lock"
+        with open(lock_path, "a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError as exc:
+                handle.seek(0)
+                holder = handle.read().strip() or "another process"
+                raise WorkspaceError(
+                    f"another runner ({holder}) is processing this workspace; wait for it or stop it"
+                ) from exc
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"pid {os.getpid()}")
+            handle.flush()
+            runner = Runner(self.pfs, self.pps, self.runtime_paths(), progress=progress)
+            try:
+                yield runner
+            finally:
+                runner.close()
+                fcntl.flock(handle, fcntl.LOCK_UN)
