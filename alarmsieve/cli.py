@@ -47,8 +47,9 @@ for name, sub in [
 ]:
     app.add_typer(sub, name=name)
 
-console = Console()
-err_console = Console(stderr=True)
+# Wide when piped (rich assumes 80 columns), so tables in logs and CI stay one row per line.
+console = Console(width=None if sys.stdout.isatty() else 160)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="one JSON object per line")]
 
@@ -163,11 +164,12 @@ def create_pipeline(
 @update_app.command("pipeline")
 def update_pipeline(
     file: Annotated[str, typer.Option("--file", "-f", help="spec file (JSON or YAML), - for stdin")],
+    reprocess: Annotated[bool, typer.Option(help="run every datum again with the new version")] = False,
 ) -> None:
-    """Update pipelines to the spec in FILE; only new data meets the new version."""
+    """Update pipelines to the spec in FILE; only new data meets the new version unless --reprocess."""
     ws = workspace()
     for spec in _read_specs(file):
-        version, what = ws.pps.create_pipeline(spec, update=True)
+        version, what = ws.pps.create_pipeline(spec, update=True, reprocess=reprocess)
         note = "same spec as the current version: nothing changed" if what == "unchanged" else what
         console.print(f"pipeline {spec.name}: {note} (version {version})")
 
@@ -678,7 +680,8 @@ def main() -> None:
     try:
         app()
     except known as exc:  # type: ignore[misc]
-        fail(str(exc))
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(1)
 
 
 @app.callback(invoke_without_command=True)

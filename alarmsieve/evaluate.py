@@ -106,7 +106,9 @@ def load_labelled_set(images: Path, labels: Path) -> list[LabelledImage]:
                     try:
                         objects.add(names[int(text.split()[0])])
                     except (ValueError, IndexError) as exc:
-                        raise EvalError(f"{label_file} line {number}: expected 'class cx cy w h', got {text!r}") from exc
+                        raise EvalError(
+                            f"{label_file} line {number}: expected 'class cx cy w h', got {text!r}"
+                        ) from exc
             out.append(LabelledImage(file=path.relative_to(images).as_posix(), objects=sorted(objects)))
         if not out:
             raise EvalError(f"--images {images}: no JPEG, PNG, BMP or WebP files found")

@@ -111,8 +111,12 @@ class Pps:
         return self.pfs.session()
 
     # ---- pipelines ---------------------------------------------------------------------------------
-    def create_pipeline(self, spec: PipelineSpec, *, update: bool = False) -> tuple[int, str]:
-        """Create (or with ``update``, version) a pipeline. Returns (version, what happened)."""
+    def create_pipeline(self, spec: PipelineSpec, *, update: bool = False, reprocess: bool = False) -> tuple[int, str]:
+        """Create (or with ``update``, version) a pipeline. Returns (version, what happened).
+
+        An update keeps the datum salt, so only new data meets the new version; ``reprocess`` draws a
+        new salt, so every datum's hash changes and all of them run again.
+        """
         for repo in spec.input_repos():
             if not self.pfs.repo_exists(repo):
                 raise PpsError(
@@ -137,13 +141,13 @@ class Pps:
                 )
             if row is not None:
                 current = s.get(PipelineVersionRow, (spec.name, row.version))
-                if current is not None and current.fingerprint == fingerprint:
+                if current is not None and current.fingerprint == fingerprint and not reprocess:
                     return row.version, "unchanged"
                 version = row.version + 1
-                salt = current.salt if current is not None else uuid.uuid4().hex
+                salt = current.salt if current is not None and not reprocess else uuid.uuid4().hex
                 row.version = version
                 row.updated_at = now
-                what = "updated"
+                what = "updated, reprocessing every datum" if reprocess else "updated"
             else:
                 version = 1
                 salt = uuid.uuid4().hex

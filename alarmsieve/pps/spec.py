@@ -799,23 +799,20 @@ def _json_documents(text: str, source: str) -> list[Any]:
 
 
 def _documents(text: str, source: str) -> list[Any]:
-    stripped = text.lstrip(_JSON_SPACE)
-    json_error: json.JSONDecodeError | None = None
-    if stripped[:1] in ("{", "["):
+    # Text that starts like JSON is JSON: YAML would read broken JSON (`{"pfs": }`) as valid nulls.
+    if text.lstrip(_JSON_SPACE)[:1] in ("{", "["):
         try:
             return _json_documents(text, source)
         except json.JSONDecodeError as exc:
-            json_error = exc  # maybe YAML flow style; report this if YAML fails too
-    try:
-        docs = list(yaml.load_all(text, Loader=_YamlLoader))  # a SafeLoader subclass
-    except yaml.YAMLError as exc:
-        if json_error is not None:
             raise SpecError(
                 source,
                 "",
-                f"invalid JSON at line {json_error.lineno}, column {json_error.colno}: {json_error.msg}",
+                f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}",
                 "fix the JSON syntax there",
             ) from None
+    try:
+        docs = list(yaml.load_all(text, Loader=_YamlLoader))  # a SafeLoader subclass
+    except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc)

@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from alarmsieve.stages.alarms import alarm_folders, pass_through, read_record, write_record
-from alarmsieve.stages.base import DatumContext, Stage, StageServices, StageUsageError
+from alarmsieve.stages.base import DatumContext, Stage, StageServices, StageUsageError, fault_point
 from alarmsieve.stages.records import (
     ANNOTATED_FILE,
     DETECTIONS_FILE,
@@ -69,6 +69,7 @@ class DetectStage(Stage):
             record = self.detect_one(folder, meta, ctx)
             write_record(ctx, rel, META_FILE, meta)
             write_record(ctx, rel, DETECTIONS_FILE, record)
+            fault_point("detect:mid_datum")  # crash tests: die with the datum half written
             pass_through(ctx, folder, rel, meta.image_file)
             if record.status in ("ok", "uniform"):
                 image = cv2.imread(str(folder / (meta.image_file or "")), cv2.IMREAD_COLOR)

@@ -39,6 +39,11 @@ _PIL_FORMATS: dict[str, ImageFormat] = {
 }
 _ACCEPTED = "JPEG, PNG, BMP or WebP"
 
+# Pillow's own bomb check fires inside Image.open for huge declared sizes and surfaces there as
+# "cannot identify image file". decode_image checks the declared size itself (limits.max_pixels)
+# before any pixel is decoded, with a clear reason, so Pillow's global check is switched off.
+Image.MAX_IMAGE_PIXELS = None
+
 
 class ImageRejected(Exception):
     """Bytes that are not a usable frame; ``code`` is stable for machines, ``message`` is for people."""

@@ -1,0 +1,5 @@
+"""``python -m alarmsieve``."""
+
+from alarmsieve.cli import main
+
+main()

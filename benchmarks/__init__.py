@@ -1,0 +1,1 @@
+"""Benchmarks of alarmsieve: `make bench` (``python -m benchmarks.run_all``); see benchmarks/README.md."""

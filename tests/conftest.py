@@ -1,0 +1,61 @@
+"""Shared fixtures: the real photos and model in ../shared, and embedded workspaces in tmp folders."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from alarmsieve.config import Settings
+from alarmsieve.workspace import Workspace
+
+PROJECT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("ALARMSIEVE_SHARED") or PROJECT.parent / "shared")
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    if not (SHARED / "images" / "labels.csv").is_file():
+        pytest.skip(f"../shared (real photos and labels) not found at {SHARED}; set ALARMSIEVE_SHARED")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def model_dir() -> Path:
+    folder = Path(os.environ.get("ALARMSIEVE_MODEL_DIR") or SHARED / "models")
+    if not (folder / "yolox_nano.onnx").is_file():
+        pytest.skip(f"detector model yolox_nano.onnx not found in {folder}; set ALARMSIEVE_MODEL_DIR")
+    return folder
+
+
+@pytest.fixture
+def make_workspace(tmp_path: Path, model_dir: Path) -> Callable[..., Workspace]:
+    def make(name: str = "ws", init: bool = True) -> Workspace:
+        ws = Workspace(
+            Settings(home=tmp_path / name, model_dir=model_dir, model_cache=tmp_path / "cache"), must_exist=False
+        )
+        if init:
+            ws.init(pipelines_dir=PROJECT / "pipelines")
+        return ws
+
+    return make
+
+
+def run_cli(
+    *args: str, home: Path, stdin: bytes | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """Run the real ``alarmsieve`` command line in a child process."""
+    full_env = {**os.environ, "ALARMSIEVE_HOME": str(home), **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "alarmsieve", *args],
+        input=stdin,
+        capture_output=True,
+        env=full_env,
+        cwd=PROJECT,
+        timeout=600,
+        check=False,
+    )
