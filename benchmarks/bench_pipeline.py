@@ -175,7 +175,8 @@ def pipeline_runs(shared: SharedData) -> dict[str, Any]:
             "workers_per_pipeline": workers,
             "cold": cold_figures,
             "warm": _run_figures(warm_jobs, warm, len(photos)),
-            "problems": _check_jobs("cold run", cold_jobs, len(photos)) + _check_jobs("warm run", warm_jobs, len(photos)),
+            "problems": _check_jobs("cold run", cold_jobs, len(photos))
+            + _check_jobs("warm run", warm_jobs, len(photos)),
             "outbox_entries": outbox,
             "worker_memory": sampler.by_pipeline(),
         }
@@ -215,14 +216,17 @@ def run(shared: SharedData) -> tuple[dict[str, Any], list[Target]]:
         f"pipeline, cold run (incl. worker start-up {cold['worker_startup_seconds']:.2f} s): "
         f"{cold['images_per_second']:.1f} images/s ({cold['seconds']:.2f} s for {cold['images']} images)"
     )
-    say(f"pipeline, cold run minus measured worker start-up: {cold['images_per_second_excluding_startup']:.1f} images/s")
+    say(
+        f"pipeline, cold run minus measured worker start-up: {cold['images_per_second_excluding_startup']:.1f} images/s"
+    )
     say(
         f"pipeline, warm run (workers already up, {warm['images']} new paths): {warm['images_per_second']:.1f} images/s "
         f"({warm['seconds']:.2f} s)"
     )
     for label, figures in (("cold", cold), ("warm", warm)):
         per_job = ", ".join(
-            f"{j['pipeline']} {j['wall_seconds']:.2f} s (plan {j['plan_seconds'] * 1000:.0f} ms)" for j in figures["jobs"]
+            f"{j['pipeline']} {j['wall_seconds']:.2f} s (plan {j['plan_seconds'] * 1000:.0f} ms)"
+            for j in figures["jobs"]
         )
         say(f"  {label} jobs: {per_job}")
     for problem in runs["problems"]:
@@ -231,7 +235,9 @@ def run(shared: SharedData) -> tuple[dict[str, Any], list[Target]]:
     bare_rate = bare["images_per_second"]
     warm_ratio = warm["images_per_second"] / bare_rate
     cold_ratio = cold["images_per_second"] / bare_rate
-    note = f"pipeline uses {runs['workers_per_pipeline'].get('detect')} detect workers on {cpus} cores; bare loop 1 core"
+    note = (
+        f"pipeline uses {runs['workers_per_pipeline'].get('detect')} detect workers on {cpus} cores; bare loop 1 core"
+    )
     targets = [
         at_least("pipeline/bare throughput ratio, warm run", round(warm_ratio, 3), TARGET_RATIO, note=note),
         at_least("pipeline/bare throughput ratio, cold run (incl. start-up)", round(cold_ratio, 3), TARGET_RATIO),

@@ -219,7 +219,12 @@ class RssSampler:
             entry = out.setdefault(peak.pipeline, {"max_peak_rss_mb": 0.0, "workers": []})
             entry["max_peak_rss_mb"] = round(max(entry["max_peak_rss_mb"], peak.peak_rss_mb), 1)
             entry["workers"].append(
-                {"worker": peak.worker, "pid": peak.pid, "peak_rss_mb": round(peak.peak_rss_mb, 1), "samples": peak.samples}
+                {
+                    "worker": peak.worker,
+                    "pid": peak.pid,
+                    "peak_rss_mb": round(peak.peak_rss_mb, 1),
+                    "samples": peak.samples,
+                }
             )
         return out
 

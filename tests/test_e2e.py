@@ -284,3 +284,29 @@ def test_a_later_rules_commit_does_not_rejudge_old_alarms(
     assert first_rules is not None
     assert (verdicts["/yard/a.png"].verdict, verdicts["/yard/a.png"].rules_commit) == ("alert", first_rules.id)
     assert (verdicts["/yard/b.png"].verdict, verdicts["/yard/b.png"].rules_commit) == ("dismiss", new_rules.id)
+
+
+def test_a_missing_model_stops_detect_with_one_clear_message_and_runs_once_fixed(
+    tmp_path: Path, shared_dir: Path, model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ALARMSIEVE_OFFLINE", "1")  # no download attempt from this machine
+    empty = tmp_path / "no-models"
+    empty.mkdir()
+    ws = Workspace(Settings(home=tmp_path / "ws", model_dir=empty, model_cache=tmp_path / "cache"), must_exist=False)
+    ws.init(pipelines_dir=PROJECT / "pipelines")
+    builder = ws.pfs.start_commit("images")
+    builder.put_local_file("/cam/a.png", shared_dir / "images/skimage/astronaut.png")
+    builder.finish()
+    with ws.runner() as runner:
+        jobs = runner.run_until_idle()
+    detect = next(j for j in jobs if j.pipeline == "detect")
+    assert detect.state == "error"
+    assert "ALARMSIEVE_MODEL_DIR" in detect.reason and "yolox_nano.onnx" in detect.reason
+    assert "d39bee73564e338080378b0ad567fbb40e818b55bbfaf971de82a0267ed16b8a" in detect.reason
+    assert [j.pipeline for j in jobs] == ["validate", "detect"]  # nothing downstream ran on missing output
+
+    fixed = Workspace(ws.settings.model_copy(update={"model_dir": model_dir}))
+    with fixed.runner() as runner:
+        jobs = runner.run_until_idle()
+    assert [(j.pipeline, j.state) for j in jobs] == [(p, "success") for p in PIPELINES[1:]]
+    assert read_verdicts(fixed.pfs)[0].verdict == "alert"

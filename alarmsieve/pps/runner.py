@@ -141,15 +141,23 @@ class Runner:
 
     # ---- scheduling --------------------------------------------------------------------------------
     def run_until_idle(self, max_rounds: int = 1000) -> list[JobInfo]:
-        """Run jobs until no pipeline has new input; returns the jobs run, in order."""
+        """Run jobs until no pipeline has new input; returns the jobs run, in order.
+
+        A pipeline whose job could not run (state ``error``) is not tried again in this call.
+        """
         jobs: list[JobInfo] = []
+        errored: set[str] = set()
         for _ in range(max_rounds):
             ran = False
             for name in self.pps.topological_order():
+                if name in errored:
+                    continue
                 job = self.run_pipeline_once(name)
                 if job is not None:
                     jobs.append(job)
                     ran = True
+                    if job.state == "error":
+                        errored.add(name)
             if not ran:
                 break
         return jobs
@@ -259,6 +267,9 @@ class Runner:
                 self.pool_for(name, version, spec).run(tasks, on_result, on_retry)
             except Exception as exc:
                 self._flush(datum_rows, logs)
+                broken = self.pools.pop((name, version), None)
+                if broken is not None:
+                    broken.close()
                 return self._fail_job(job_id, f"{type(exc).__name__}: {exc}")
         self._flush(datum_rows, logs)
         return self._commit_job(
@@ -332,10 +343,15 @@ class Runner:
         datum_rows.clear()
 
     def _fail_job(self, job_id: str, reason: str) -> JobInfo:
+        """The job could not run at all (e.g. its workers could not start): state ``error``.
+
+        Unlike ``failure`` (some datums failed), an ``error`` job does not count as done, so the
+        next run tries the same inputs again once the cause (a missing model, say) is fixed.
+        """
         with self.pfs.session() as s, s.begin():
             row = s.get(JobRow, job_id)
             assert row is not None
-            row.state = "failure"
+            row.state = "error"
             row.reason = reason
             row.finished_at = _now()
             s.flush()
@@ -374,6 +390,7 @@ class Runner:
                 builder.delete(path)
         # Two datums may not write one path: check against this job and against unchanged datums.
         claimed: dict[str, str] = {}
+        clashed: list[str] = []  # datums whose DatumRow (already written as ok) must now say failed
         new_paths = [p for r in results.values() if r.ok for p, _, _ in r.outputs]
         existing = self.pfs.lookup(name, "master", new_paths) if new_paths else {}
         for datum in to_run:
@@ -393,6 +410,7 @@ class Runner:
                         "change the glob or the stage so that each datum writes its own paths"
                     )
                     logs.add(result.reason, datum=datum.id, level="ERROR")
+                    clashed.append(datum.id)
                     break
             if result.ok:
                 for path, sha256, size in result.outputs:
@@ -407,6 +425,12 @@ class Runner:
         )
 
         def record(s: Session, commit: CommitInfo) -> None:
+            for datum_id in clashed:
+                s.execute(
+                    update(DatumRow)
+                    .where(DatumRow.job_id == job_id, DatumRow.datum_id == datum_id)
+                    .values(state="failed", reason=results[datum_id].reason)
+                )
             if gone:
                 s.execute(
                     delete(ProcessedDatumRow).where(
