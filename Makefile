@@ -11,7 +11,6 @@ export ALARMSIEVE_SHARED ?= $(if $(wildcard $(SHARED)),$(SHARED),)
 
 $(BIN)/alarmsieve: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
