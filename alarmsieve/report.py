@@ -50,7 +50,8 @@ def demo_sources(folder: Path | None = None) -> dict[str, Path]:
 def write_report(pfs: Pfs, records: list[VerdictRecord], dest: Path) -> None:
     env = Environment(loader=PackageLoader("alarmsieve", "templates"), autoescape=select_autoescape())
     rows = []
-    for record in records:
+    severity = {"alert": 0, "review": 1, "dismiss": 2}
+    for record in sorted(records, key=lambda r: (severity[r.verdict], r.camera, r.alarm)):
         image = None
         if record.annotated_file:
             folder = record.alarm
