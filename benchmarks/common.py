@@ -284,6 +284,34 @@ def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
+def job_breakdown(ws: Any, job: Any, workers: int) -> dict[str, Any]:
+    """Where a job's time went: planning, the datums, and the output commit after the last datum.
+
+    ``worker_ms_per_datum``: time inside the worker per datum (its ``DatumResult.seconds``: lay out,
+    stage, store outputs). ``outside_worker_ms_per_datum``: the rest of the worker slots' time during
+    the datum phase, per datum (pipe round trip, the runner's bookkeeping, idle slots).
+    """
+    datums = ws.pps.list_datums(job.pipeline, job.id)
+    finished = [d.finished_at for d in datums if d.finished_at is not None]
+    out: dict[str, Any] = {"datums": len(datums), "workers": workers}
+    if not finished or job.finished_at is None:
+        return out
+    run_start = job.created_at.timestamp() + job.plan_seconds
+    last = max(finished).timestamp()
+    in_worker = sum(d.seconds for d in datums)
+    phase = last - run_start
+    out.update(
+        {
+            "plan_seconds": round(job.plan_seconds, 4),
+            "datum_phase_seconds": round(phase, 3),
+            "commit_phase_seconds": round(job.finished_at.timestamp() - last, 3),
+            "worker_ms_per_datum": round(in_worker * 1000 / len(datums), 3),
+            "outside_worker_ms_per_datum": round((phase * workers - in_worker) * 1000 / len(datums), 3),
+        }
+    )
+    return out
+
+
 def job_summary(job: Any) -> dict[str, Any]:
     """The figures of one :class:`~alarmsieve.pps.api.JobInfo` that the benchmarks report."""
     wall = (job.finished_at - job.created_at).total_seconds() if job.finished_at else None

@@ -49,13 +49,16 @@ def main() -> int:
             "cpu_count": os.cpu_count(),
             "platform": platform.platform(),
             "processor": platform.machine(),
+            "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
         },
         "versions": _versions(),
         "shared": str(shared.root),
         "missing": shared.missing,
     }
     targets: list[Target] = []
-    say(f"alarmsieve benchmarks on {os.cpu_count()} CPU core(s); shared data: {shared.root}")
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    say(f"alarmsieve benchmarks on {os.cpu_count()} CPU core(s), load average {load}; shared data: {shared.root}")
+    say("(other processes on the machine skew these figures: run on an otherwise idle machine)")
 
     if shared.complete:
         figures, found = bench_pipeline.run(shared)
@@ -90,6 +93,7 @@ def main() -> int:
         say(target.line())
     results["targets"] = [t.as_dict() for t in targets]
     results["total_seconds"] = round(time.perf_counter() - began, 1)
+    results["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2, default=str) + "\n")
     say(f"all figures written to {RESULTS} ({results['total_seconds']:.0f} s in all)")

@@ -268,7 +268,9 @@ class Pfs:
         return (
             FileRow.repo_id == repo_id,
             FileRow.branch == branch,
-            FileRow.added_seq <= seq,
+            # "+ 0" keeps SQLite off the added_seq index: every live row passes this test, so that
+            # index would scan the whole repo where the (path, removed_seq) index finds one row.
+            (FileRow.added_seq + 0) <= seq,
             or_(FileRow.removed_seq.is_(None), FileRow.removed_seq > seq),
         )
 
@@ -310,29 +312,31 @@ class Pfs:
                     ):
                         current[row.path] = row
                 new_set = set(paths)
-                for path in paths:
-                    self._check_no_file_dir_clash(s, repo.id, b.branch, seq, path, new_set)
-                    put = b._puts[path]
-                    existing = current.get(path)
-                    if existing is not None:
-                        if existing.sha256 == put.sha256 and existing.tag == put.tag:
-                            continue
-                        existing.removed_seq = seq
-                        removed += 1
-                    s.add(
-                        FileRow(
-                            repo_id=repo.id,
-                            branch=b.branch,
-                            path=path,
-                            sha256=put.sha256,
-                            size=put.size,
-                            tag=put.tag,
-                            added_seq=seq,
-                            removed_seq=None,
+                # no autoflush: each check would otherwise flush the previous row one INSERT at a time
+                with s.no_autoflush:
+                    for path in paths:
+                        self._check_no_file_dir_clash(s, repo.id, b.branch, seq, path, new_set)
+                        put = b._puts[path]
+                        existing = current.get(path)
+                        if existing is not None:
+                            if existing.sha256 == put.sha256 and existing.tag == put.tag:
+                                continue
+                            existing.removed_seq = seq
+                            removed += 1
+                        s.add(
+                            FileRow(
+                                repo_id=repo.id,
+                                branch=b.branch,
+                                path=path,
+                                sha256=put.sha256,
+                                size=put.size,
+                                tag=put.tag,
+                                added_seq=seq,
+                                removed_seq=None,
+                            )
                         )
-                    )
-                    added += 1
-                    size += put.size
+                        added += 1
+                        size += put.size
             now = _now()
             commit = CommitRow(
                 id=uuid.uuid4().hex,
@@ -471,10 +475,13 @@ class Pfs:
             )
             if prefix != "/":
                 q = q.where(
+                    # the outer range lets the path index bound the scan; the or_ alone cannot
+                    FileRow.path >= prefix,
+                    FileRow.path < prefix_upper_bound(prefix),
                     or_(
                         FileRow.path == prefix,
                         and_(FileRow.path > prefix + "/", FileRow.path < prefix_upper_bound(prefix)),
-                    )
+                    ),
                 )
             for path, size, sha256, tag in s.execute(q.order_by(FileRow.path)):
                 yield FileInfo(path=path, type="file", size=size, sha256=sha256, tag=tag)

@@ -66,23 +66,25 @@ class DetectStage(Stage):
     def process(self, ctx: DatumContext) -> None:
         for folder, rel in alarm_folders(ctx, META_FILE):
             meta = read_record(folder / META_FILE, AlarmMeta)
-            record = self.detect_one(folder, meta, ctx)
+            record, image = self.detect_one(folder, meta, ctx)
             write_record(ctx, rel, META_FILE, meta)
             write_record(ctx, rel, DETECTIONS_FILE, record)
             fault_point("detect:mid_datum")  # crash tests: die with the datum half written
             pass_through(ctx, folder, rel, meta.image_file)
-            if record.status in ("ok", "uniform"):
-                image = cv2.imread(str(folder / (meta.image_file or "")), cv2.IMREAD_COLOR)
-                if image is not None:
-                    boxes = [_as_detection(b) for b in record.detections]
-                    (ctx.out / rel / ANNOTATED_FILE).write_bytes(
-                        encode_jpeg(annotate(image, boxes, highlight=THREAT_HIGHLIGHT))
-                    )
+            if image is not None:
+                boxes = [_as_detection(b) for b in record.detections]
+                (ctx.out / rel / ANNOTATED_FILE).write_bytes(
+                    encode_jpeg(annotate(image, boxes, highlight=THREAT_HIGHLIGHT))
+                )
 
-    def detect_one(self, folder: Path, meta: AlarmMeta, ctx: DatumContext) -> DetectionsRecord:
+    def detect_one(
+        self, folder: Path, meta: AlarmMeta, ctx: DatumContext
+    ) -> tuple[DetectionsRecord, np.ndarray | None]:
+        """The detections record, and the decoded image when there is one to annotate."""
         base = {"meta": meta, "model": self.model_ref, "pipeline_version": ctx.pipeline_version}
         if meta.status == "rejected" or not meta.image_file:
-            return DetectionsRecord(**base, status="rejected", reason=meta.reason)
+            return DetectionsRecord(**base, status="rejected", reason=meta.reason), None
+        image = None
         try:
             image = _read_bgr(folder / meta.image_file)
             started = time.perf_counter()
@@ -90,20 +92,22 @@ class DetectStage(Stage):
             elapsed = (time.perf_counter() - started) * 1000
         except Exception as exc:  # the verdict becomes `review`: a failed detector never dismisses
             ctx.log.exception("detector failed on %s", meta.alarm)
-            return DetectionsRecord(**base, status="detector_error", reason=f"detector failed: {exc}")
+            record = DetectionsRecord(**base, status="detector_error", reason=f"detector failed: {exc}")
+            return record, image
         ctx.log.info(
             "alarm %s: %s in %.1f ms",
             meta.alarm,
             ", ".join(f"{d.label} {d.score:.2f}" for d in found) or "nothing",
             elapsed,
         )
-        return DetectionsRecord(
+        record = DetectionsRecord(
             **base,
             status=meta.status,
             reason=meta.reason,
             detections=[BoxRecord(label=d.label, score=d.score, box=d.box) for d in found],
             inference_ms=round(elapsed, 2),
         )
+        return record, image
 
 
 def _read_bgr(path: Path) -> np.ndarray:
