@@ -311,11 +311,9 @@ class Pfs:
                         select(FileRow).where(*self._live(repo.id, b.branch, seq), FileRow.path.in_(chunk))
                     ):
                         current[row.path] = row
-                new_set = set(paths)
-                # no autoflush: each check would otherwise flush the previous row one INSERT at a time
-                with s.no_autoflush:
+                self._check_no_file_dir_clash(s, repo.id, b.branch, seq, paths)
+                with s.no_autoflush:  # one batched INSERT at the end, not a flush per row
                     for path in paths:
-                        self._check_no_file_dir_clash(s, repo.id, b.branch, seq, path, new_set)
                         put = b._puts[path]
                         existing = current.get(path)
                         if existing is not None:
@@ -366,22 +364,36 @@ class Pfs:
                 b.on_commit(s, info)
             return info
 
-    def _check_no_file_dir_clash(
-        self, s: Session, repo_id: int, branch: str, seq: int, path: str, new_paths: set[str]
-    ) -> None:
+    def _check_no_file_dir_clash(self, s: Session, repo_id: int, branch: str, seq: int, paths: list[str]) -> None:
+        """Refuse a put whose parent is a file, or whose path is a directory: a few batched queries."""
         live = self._live(repo_id, branch, seq)
-        for ancestor in parent_dirs(path):
-            if ancestor in new_paths or s.scalar(select(FileRow.id).where(*live, FileRow.path == ancestor)):
-                raise PfsError(f"cannot put {path}: {ancestor} is a file, not a directory; delete it first")
-        below = s.scalar(
-            select(FileRow.path)
-            .where(*live, FileRow.path > path + "/", FileRow.path < prefix_upper_bound(path))
-            .limit(1)
-        )
-        if below is not None:
+        new_set = set(paths)
+        parent_of: dict[str, str] = {}
+        for path in paths:
+            for ancestor in parent_dirs(path):
+                parent_of.setdefault(ancestor, path)
+        clashing = sorted(new_set & set(parent_of))
+        for start in range(0, len(parent_of), 500):
+            if clashing:
+                break
+            chunk = sorted(parent_of)[start : start + 500]
+            clashing = list(s.scalars(select(FileRow.path).where(*live, FileRow.path.in_(chunk)).limit(1)))
+        if clashing:
             raise PfsError(
-                f"cannot put {path}: it is a directory (holds {below}); delete it first or pick another name"
+                f"cannot put {parent_of[clashing[0]]}: {clashing[0]} is a file, not a directory; delete it first"
             )
+        for start in range(0, len(paths), 100):
+            chunk = paths[start : start + 100]
+            below = s.scalar(
+                select(FileRow.path)
+                .where(*live, or_(*(and_(FileRow.path > p + "/", FileRow.path < prefix_upper_bound(p)) for p in chunk)))
+                .limit(1)
+            )
+            if below is not None:
+                path = next(p for p in chunk if below.startswith(p + "/"))
+                raise PfsError(
+                    f"cannot put {path}: it is a directory (holds {below}); delete it first or pick another name"
+                )
 
     def _commit_info(self, s: Session, row: CommitRow, repo_name: str) -> CommitInfo:
         provenance = list(s.scalars(select(ProvenanceRow.upstream_commit_id).where(ProvenanceRow.commit_id == row.id)))
@@ -485,6 +497,29 @@ class Pfs:
                 )
             for path, size, sha256, tag in s.execute(q.order_by(FileRow.path)):
                 yield FileInfo(path=path, type="file", size=size, sha256=sha256, tag=tag)
+
+    def walk_many(self, repo: str, ref: str, prefixes: Iterable[str]) -> Iterator[FileInfo]:
+        """Every file at or below any of ``prefixes`` (each file once), with one query per 100 prefixes."""
+        wanted = sorted({normalize_path(p) for p in prefixes})
+        if "/" in wanted:
+            yield from self.walk(repo, ref)
+            return
+        seen: set[str] = set()
+        with self.session() as s:
+            r = self._resolve(s, repo, ref)
+            for start in range(0, len(wanted), 100):
+                chunk = wanted[start : start + 100]
+                ranges = (
+                    or_(FileRow.path == p, and_(FileRow.path > p + "/", FileRow.path < prefix_upper_bound(p)))
+                    for p in chunk
+                )
+                q = select(FileRow.path, FileRow.size, FileRow.sha256, FileRow.tag).where(
+                    *self._live(r.repo_id, r.branch, r.seq), or_(*ranges)
+                )
+                for path, size, sha256, tag in s.execute(q):
+                    if path not in seen:
+                        seen.add(path)
+                        yield FileInfo(path=path, type="file", size=size, sha256=sha256, tag=tag)
 
     def list_files(self, repo: str, ref: str = "master", path: str = "/") -> list[FileInfo]:
         """Direct children of a directory (or the file itself), like ``pachctl list file``."""

@@ -93,6 +93,17 @@ class LocalObjectStore(ObjectStore):
         return sha256, size
 
     def put_path(self, path: Path) -> tuple[str, int]:
+        # Hash first: a file that is already stored (a stage passing an input through) costs one
+        # read and no write.
+        digest = hashlib.sha256()
+        size = 0
+        with open(path, "rb") as handle:
+            while chunk := handle.read(CHUNK):
+                digest.update(chunk)
+                size += len(chunk)
+        sha256 = digest.hexdigest()
+        if self._path(sha256).exists():
+            return sha256, size
         with open(path, "rb") as handle:
             return self.put_stream(handle)
 

@@ -58,10 +58,7 @@ def _make(parts: list[_Part], salt: str) -> Datum:
 
 def _pfs_parts(pfs: Pfs, leaf: PfsInput, commit: str, roots: Iterable[str] | None = None) -> list[_Part]:
     glob = compile_glob(leaf.glob)
-    if roots is None:
-        entries = list(pfs.walk(leaf.repo, commit))
-    else:
-        entries = [info for root in sorted(set(roots)) for info in pfs.walk(leaf.repo, commit, root)]
+    entries = list(pfs.walk(leaf.repo, commit)) if roots is None else list(pfs.walk_many(leaf.repo, commit, roots))
     grouped: dict[str, list[DatumFile]] = {}
     for info in entries:
         root = glob.datum_root(info.path)

@@ -437,19 +437,27 @@ class Runner:
                         ProcessedDatumRow.pipeline == name, ProcessedDatumRow.datum_id.in_(list(gone))
                     )
                 )
+            rerun = [d.id for d in to_run]
+            for start in range(0, len(rerun), 500):  # replace the rows in bulk: no SELECT per datum
+                s.execute(
+                    delete(ProcessedDatumRow).where(
+                        ProcessedDatumRow.pipeline == name, ProcessedDatumRow.datum_id.in_(rerun[start : start + 500])
+                    )
+                )
             for datum in to_run:
                 result = results.get(datum.id)
                 ok = result is not None and result.ok
-                row = ProcessedDatumRow(
-                    pipeline=name,
-                    datum_id=datum.id,
-                    hash=datum.hash,
-                    state="success" if ok else "failed",
-                    job_id=job_id,
-                    roots=json.dumps(datum.roots),
-                    outputs=json.dumps([p for p, _, _ in result.outputs] if ok and result else []),
+                s.add(
+                    ProcessedDatumRow(
+                        pipeline=name,
+                        datum_id=datum.id,
+                        hash=datum.hash,
+                        state="success" if ok else "failed",
+                        job_id=job_id,
+                        roots=json.dumps(datum.roots),
+                        outputs=json.dumps([p for p, _, _ in result.outputs] if ok and result else []),
+                    )
                 )
-                s.merge(row)
             s.flush()
             total = s.query(ProcessedDatumRow).filter(ProcessedDatumRow.pipeline == name).count()
             job = s.get(JobRow, job_id)

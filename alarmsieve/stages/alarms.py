@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,4 +40,7 @@ def pass_through(ctx: DatumContext, folder: Path, rel: str, name: str | None) ->
     if src.is_file():
         dest = ctx.out / rel / name
         dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, dest)
+        try:
+            os.link(src, dest)  # inputs are read-only links into the object store: no copy needed
+        except OSError:
+            shutil.copyfile(src, dest)
