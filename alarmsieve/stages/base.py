@@ -86,7 +86,10 @@ def fault_point(name: str) -> None:
     if os.environ.get("ALARMSIEVE_FAULT") != name:
         return
     marker = Path(os.environ.get("ALARMSIEVE_FAULT_DIR", ".")) / f"fault-{name}.fired"
-    if marker.exists():
+    try:  # O_EXCL: of several workers reaching the point at once, exactly one fires
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
         return
-    marker.write_text(str(os.getpid()))
+    os.write(fd, str(os.getpid()).encode())
+    os.close(fd)
     os.kill(os.getpid(), signal.SIGKILL)
