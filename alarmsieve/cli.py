@@ -691,3 +691,9 @@ def _version(
     if version:
         console.print(f"alarmsieve {__version__}")
         raise typer.Exit()
+
+
+# Command groups in their own modules register themselves on the apps above.
+from alarmsieve.commands import load_all  # noqa: E402
+
+load_all()

@@ -1,4 +1,8 @@
-"""Catalog schema migrations (Alembic). ``upgrade(url)`` brings any catalog to the current schema."""
+"""Catalog schema migrations (Alembic). ``upgrade(url)`` brings any catalog to the current schema.
+
+Layers add their own revisions; several may branch from the same parent (one head per layer), so
+the upgrade target is every head.
+"""
 
 from __future__ import annotations
 
@@ -24,12 +28,12 @@ def alembic_config(url: str) -> Config:
 def upgrade(url: str) -> None:
     """Apply pending migrations; a cheap no-op when the catalog is current."""
     cfg = alembic_config(url)
-    head = ScriptDirectory.from_config(cfg).get_current_head()
+    heads = set(ScriptDirectory.from_config(cfg).get_heads())
     engine = get_engine(url)
     with engine.connect() as conn:
-        current = MigrationContext.configure(conn).get_current_revision()
-    if current == head:
+        current = set(MigrationContext.configure(conn).get_current_heads())
+    if current == heads:
         return
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "head")
+        command.upgrade(cfg, "heads")
