@@ -60,6 +60,7 @@ def fail(message: str, code: int = 1) -> NoReturn:
 
 
 def _known_errors() -> tuple[type[BaseException], ...]:
+    from alarmsieve.errors import AlarmsieveError
     from alarmsieve.evaluate import EvalError
     from alarmsieve.pfs.api import PfsError
     from alarmsieve.pfs.objects import ObjectNotFoundError
@@ -71,6 +72,7 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     from alarmsieve.workspace import WorkspaceError
 
     return (
+        AlarmsieveError,
         PfsError,
         PathError,
         PpsError,
