@@ -131,9 +131,11 @@ class LocalObjectStore(ObjectStore):
 
 
 def open_object_store(location: str) -> ObjectStore:
+    """``s3://bucket/prefix`` (S3-compatible; endpoint from ALARMSIEVE_S3_ENDPOINT_URL) or a local folder."""
     if location.startswith("s3://"):
-        raise ValueError(
-            f"object store {location!r}: the S3 backend is not available yet; "
-            "use a local folder (unset ALARMSIEVE_OBJECT_STORE)"
-        )
+        try:
+            from alarmsieve.pfs.objects_s3 import S3ObjectStore
+        except ImportError as exc:
+            raise ValueError(f"object store {location!r} needs boto3: pip install 'alarmsieve[s3]' ({exc})") from exc
+        return S3ObjectStore(location)
     return LocalObjectStore(Path(location))

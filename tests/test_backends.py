@@ -1,0 +1,133 @@
+"""Beyond one machine: the S3 object store (a real moto server on loopback) and the PostgreSQL catalog."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from alarmsieve.config import Settings
+from alarmsieve.pfs.db import dispose_engines
+from alarmsieve.pfs.objects import LocalObjectStore, ObjectNotFoundError, ObjectStore, open_object_store
+from alarmsieve.verdicts import read_verdicts
+from alarmsieve.workspace import Workspace
+from tests.conftest import PROJECT
+
+PG_ADMIN_URL = os.environ.get("ALARMSIEVE_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint() -> Iterator[str]:
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_env(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Credentials and endpoint in the environment (worker processes inherit them); a fresh bucket."""
+    import boto3
+
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "ALARMSIEVE_S3_ENDPOINT_URL": s3_endpoint,
+    }.items():
+        monkeypatch.setenv(key, value)
+    bucket = f"alarms-{uuid.uuid4().hex[:8]}"
+    boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").create_bucket(Bucket=bucket)
+    return bucket
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL database on 127.0.0.1:5432, dropped afterwards."""
+    name = f"alarmsieve_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:  # the service is started by .ci/run; say clearly when it is not there
+        pytest.fail(f"PostgreSQL at {PG_ADMIN_URL} is not usable ({exc}); start it (see .ci/run)")
+    yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    dispose_engines()
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(params=["local", "s3"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectStore:
+    if request.param == "local":
+        return LocalObjectStore(tmp_path / "objects")
+    bucket = request.getfixturevalue("s3_env")
+    return open_object_store(f"s3://{bucket}/objects")
+
+
+def test_object_store_contract(store: ObjectStore, tmp_path: Path) -> None:
+    sha = store.put_bytes(b"camera frame")
+    assert store.put_bytes(b"camera frame") == sha  # content-addressed: stored once, same name
+    assert store.exists(sha) and store.get_bytes(sha) == b"camera frame"
+    big = tmp_path / "clip.bin"
+    big.write_bytes(os.urandom(20 * 1024 * 1024))  # above the 16 MiB multipart threshold
+    big_sha, size = store.put_path(big)
+    assert size == 20 * 1024 * 1024
+    dest = tmp_path / "out" / "clip.bin"
+    store.materialize(big_sha, dest, private_copy=True)
+    assert dest.read_bytes() == big.read_bytes()
+    with big.open("rb") as handle:
+        assert store.put_stream(handle) == (big_sha, size)
+    missing = "0" * 64
+    assert not store.exists(missing)
+    with pytest.raises(ObjectNotFoundError, match=missing):
+        store.get_bytes(missing)
+    with pytest.raises(ObjectNotFoundError):
+        store.materialize(missing, tmp_path / "nope")
+
+
+def test_a_bad_object_store_url_says_what_to_write() -> None:
+    with pytest.raises(ValueError, match=r"s3://BUCKET\[/PREFIX\]"):
+        open_object_store("s3://")
+
+
+def test_pipeline_on_postgresql_catalog_and_s3_store(
+    pg_url: str, s3_env: str, tmp_path: Path, shared_dir: Path, model_dir: Path
+) -> None:
+    import boto3
+
+    settings = Settings(home=tmp_path / "ws", catalog_url=pg_url, object_store=f"s3://{s3_env}/ws", model_dir=model_dir)
+    ws = Workspace(settings, must_exist=False)
+    ws.init(pipelines_dir=PROJECT / "pipelines")
+    photos = shared_dir / "images"
+    builder = ws.pfs.start_commit("images")
+    for name in ("skimage/astronaut.png", "coral/pets.jpg", "skimage/gravel.png"):
+        builder.put_local_file(f"/gate/{Path(name).name}", photos / name)
+    builder.finish()
+    with ws.runner() as runner:
+        jobs = runner.run_until_idle()
+        assert [(j.pipeline, j.state, j.processed) for j in jobs] == [
+            (p, "success", 3) for p in ("validate", "detect", "assess", "notify")
+        ]
+        builder = ws.pfs.start_commit("images")
+        builder.delete("/gate/gravel.png")
+        builder.finish()
+        assert [j.removed for j in runner.run_until_idle()] == [1, 1, 1, 1]
+    verdicts = {v.alarm: v.verdict for v in read_verdicts(ws.pfs)}
+    assert verdicts == {"/gate/astronaut.png": "alert", "/gate/pets.jpg": "dismiss"}
+    assert len(list(ws.outbox.glob("*.eml"))) == 1
+    assert not (tmp_path / "ws" / "objects").exists()  # every body went to the bucket
+    listed = boto3.client("s3", endpoint_url=os.environ["ALARMSIEVE_S3_ENDPOINT_URL"]).list_objects_v2(
+        Bucket=s3_env, Prefix="ws/"
+    )
+    assert listed["KeyCount"] >= 3 * 4  # photo, records and annotated images
+    with create_engine(pg_url).connect() as conn:
+        assert conn.execute(text("select count(*) from pps_jobs where state = 'success'")).scalar() == 8
