@@ -1,0 +1,204 @@
+"""Ray executor: the same pool interface as :class:`~alarmsieve.pps.executor.WorkerPool`, on Ray actors.
+
+Each actor holds one :class:`~alarmsieve.pps.worker.Worker` (its stage and model in memory), exactly
+like a local worker process. alarmsieve stays the authority: Ray's own retries are off
+(``max_restarts=0``, ``max_task_retries=0``); this pool counts attempts against ``datum_tries``,
+kills an actor whose datum passes ``datum_timeout``, and replaces a dead actor (a dead node takes its
+actors with it) before the datum is tried again. Each actor has at most one datum in flight
+(back-pressure), and actors reserve no CPU while running unless the spec's ``resource_requests`` say
+so, so the driver that feeds them never waits for a core (no deadlock on a 2-CPU cluster).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from alarmsieve.pps.executor import WorkerStartError
+from alarmsieve.pps.worker import DatumResult, DatumTask, Worker, WorkerConfig
+
+
+class _WorkerActor:
+    """The body of a Ray actor: a worker built once, then fed datums."""
+
+    def __init__(self, config: WorkerConfig) -> None:
+        import os
+
+        self.worker = Worker(config)
+        self.pid = os.getpid()
+
+    def hello(self) -> tuple[int, dict[str, str], str]:
+        import ray
+
+        return self.pid, self.worker.identity(), ray.get_runtime_context().get_node_id()
+
+    def run(self, task: DatumTask) -> DatumResult:
+        return self.worker.run(task)
+
+
+@dataclass
+class _Actor:
+    index: int
+    config: WorkerConfig
+    handle: Any
+    node: str = ""
+    pid: int = 0
+    task: DatumTask | None = None
+    ref: Any = None
+    deadline: float | None = None
+    identity: dict[str, str] | None = None
+
+
+def ray_options(resource_requests: dict | None) -> dict[str, Any]:
+    """Pachyderm ``resource_requests`` → Ray actor options (cpu, memory, gpu)."""
+    options: dict[str, Any] = {"max_restarts": 0, "max_task_retries": 0}
+    requests = resource_requests or {}
+    if "cpu" in requests:
+        options["num_cpus"] = float(requests["cpu"])
+    if "gpu" in requests:
+        gpu = requests["gpu"]
+        options["num_gpus"] = float(gpu.get("number", 1) if isinstance(gpu, dict) else gpu)
+    if "memory" in requests:
+        options["memory"] = _bytes(str(requests["memory"]))
+    return options
+
+
+def _bytes(text: str) -> int:
+    units = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "K": 10**3, "M": 10**6, "G": 10**9}
+    for suffix, factor in units.items():
+        if text.endswith(suffix):
+            return int(float(text[: -len(suffix)]) * factor)
+    return int(float(text))
+
+
+class RayWorkerPool:
+    def __init__(
+        self,
+        make_config: Callable[[int], WorkerConfig],
+        size: int,
+        *,
+        datum_tries: int = 3,
+        datum_timeout: float | None = None,
+        address: str | None = None,
+        resource_requests: dict | None = None,
+        start_timeout: float = 300.0,
+    ) -> None:
+        self.make_config = make_config
+        self.size = max(1, size)
+        self.datum_tries = max(1, datum_tries)
+        self.datum_timeout = datum_timeout
+        self.address = address
+        self.options = ray_options(resource_requests)
+        self.start_timeout = start_timeout
+        self.actors: list[_Actor] = []
+        self.restarts = 0
+
+    def _ray(self) -> Any:
+        import ray
+
+        if not ray.is_initialized():
+            ray.init(address=self.address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        return ray
+
+    def _spawn(self, index: int) -> _Actor:
+        ray = self._ray()
+        config = self.make_config(index)
+        remote_cls = ray.remote(_WorkerActor).options(name=None, **self.options)
+        actor = _Actor(index, config, remote_cls.remote(config))
+        try:
+            actor.pid, actor.identity, actor.node = ray.get(actor.handle.hello.remote(), timeout=self.start_timeout)
+        except Exception as exc:
+            raise WorkerStartError(f"ray actor {config.worker_id} could not load its stage: {exc}") from exc
+        return actor
+
+    def start(self) -> None:
+        if not self.actors:
+            self.actors = [self._spawn(i) for i in range(self.size)]
+
+    def identity(self) -> dict[str, str]:
+        self.start()
+        return dict(self.actors[0].identity or {})
+
+    def nodes(self) -> list[str]:
+        return [a.node for a in self.actors]
+
+    def _replace(self, actor: _Actor) -> _Actor:
+        ray = self._ray()
+        with contextlib.suppress(Exception):  # already dead with its node
+            ray.kill(actor.handle, no_restart=True)
+        self.restarts += 1
+        new = self._spawn(actor.index)
+        self.actors[actor.index] = new
+        return new
+
+    def close(self) -> None:
+        if not self.actors:
+            return
+        ray = self._ray()
+        for actor in self.actors:
+            with contextlib.suppress(Exception):
+                ray.kill(actor.handle, no_restart=True)
+        self.actors = []
+
+    def run(
+        self,
+        tasks: list[DatumTask],
+        on_result: Callable[[DatumResult, int], None],
+        on_retry: Callable[[DatumTask, str], None] | None = None,
+    ) -> None:
+        ray = self._ray()
+        self.start()
+        queue: deque[DatumTask] = deque(tasks)
+
+        def fail_or_retry(task: DatumTask, worker: str, reason: str, trace: str = "") -> None:
+            if task.attempt < self.datum_tries:
+                if on_retry:
+                    on_retry(task, reason)
+                task.attempt += 1
+                queue.appendleft(task)
+            else:
+                on_result(
+                    DatumResult(task.job_id, task.datum_id, worker, ok=False, reason=reason, traceback=trace),
+                    task.attempt,
+                )
+
+        while queue or any(a.task for a in self.actors):
+            for actor in self.actors:
+                if actor.task is None and queue:
+                    actor.task = queue.popleft()
+                    actor.ref = actor.handle.run.remote(actor.task)
+                    actor.deadline = time.monotonic() + self.datum_timeout if self.datum_timeout else None
+            busy = [a for a in self.actors if a.task is not None]
+            deadlines = [a.deadline for a in busy if a.deadline is not None]
+            timeout = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
+            ready, _ = ray.wait([a.ref for a in busy], num_returns=1, timeout=timeout)
+            for actor in list(busy):
+                task = actor.task
+                assert task is not None
+                if actor.ref in ready:
+                    actor.task, actor.deadline = None, None
+                    try:
+                        result: DatumResult = ray.get(actor.ref)
+                    except Exception as exc:  # the actor (or its node) died mid-datum
+                        reason = (
+                            f"ray actor {actor.config.worker_id} died while processing the datum: {type(exc).__name__}"
+                        )
+                        self._replace(actor)
+                        fail_or_retry(task, actor.config.worker_id, reason)
+                        continue
+                    if result.ok:
+                        on_result(result, task.attempt)
+                    else:
+                        fail_or_retry(task, result.worker, result.reason, result.traceback)
+                elif actor.deadline is not None and time.monotonic() >= actor.deadline:
+                    actor.task, actor.deadline = None, None
+                    self._replace(actor)
+                    fail_or_retry(
+                        task,
+                        actor.config.worker_id,
+                        f"datum timed out after {self.datum_timeout:.1f}s (datum_timeout); actor replaced",
+                    )
