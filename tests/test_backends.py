@@ -131,3 +131,30 @@ def test_pipeline_on_postgresql_catalog_and_s3_store(
     assert listed["KeyCount"] >= 3 * 4  # photo, records and annotated images
     with create_engine(pg_url).connect() as conn:
         assert conn.execute(text("select count(*) from pps_jobs where state = 'success'")).scalar() == 8
+
+
+def test_ingest_commits_what_cameras_upload_to_a_bucket(s3_env: str, tmp_path: Path, shared_dir: Path) -> None:
+    import boto3
+
+    from tests.conftest import run_cli
+
+    client = boto3.client("s3", endpoint_url=os.environ["ALARMSIEVE_S3_ENDPOINT_URL"])
+    photos = shared_dir / "images"
+    client.put_object(Bucket=s3_env, Key="incoming/cam-7/a.png", Body=(photos / "skimage/astronaut.png").read_bytes())
+    client.put_object(Bucket=s3_env, Key="incoming/cam-8/b.jpg", Body=(photos / "coral/owl.jpg").read_bytes())
+    client.put_object(Bucket=s3_env, Key="incoming/loose.jpg", Body=b"not under a camera")
+    home = tmp_path / "ws"
+    assert run_cli("init", home=home).returncode == 0
+    first = run_cli("ingest", f"s3://{s3_env}/incoming", home=home)
+    assert first.returncode == 0, first.stderr.decode()
+    assert b"2 new file(s)" in first.stdout and b"loose.jpg: not under a camera folder" in first.stderr
+    again = run_cli("ingest", f"s3://{s3_env}/incoming", home=home)
+    assert b"nothing new" in again.stdout and b"2 already in images" in again.stdout
+    client.put_object(Bucket=s3_env, Key="incoming/cam-7/a.png", Body=(photos / "coral/squat.bmp").read_bytes())
+    changed = run_cli("ingest", f"s3://{s3_env}/incoming", home=home)
+    assert b"1 new file(s), 1 unchanged" in changed.stdout
+    ws = Workspace(Settings(home=home))
+    assert ws.pfs.get_file("images", "master", "/cam-7/a.png") == (photos / "coral/squat.bmp").read_bytes()
+    assert len(ws.pfs.list_commits("images")) == 2
+    bad = run_cli("ingest", "http://example/x", home=home)
+    assert bad.returncode == 1 and b"s3://BUCKET/PREFIX" in bad.stderr
