@@ -76,6 +76,30 @@ def main() -> int:
     targets += found
     say()
 
+    # Every other benchmarks/bench_*.py module with a run() -> (figures, targets) runs here, in name order;
+    # one that breaks is reported and the rest go on.
+    import importlib
+    import inspect
+    import pkgutil
+
+    import benchmarks
+
+    for info in sorted(pkgutil.iter_modules(benchmarks.__path__), key=lambda m: m.name):
+        if not info.name.startswith("bench_") or info.name in ("bench_pipeline", "bench_noop"):
+            continue
+        try:
+            module = importlib.import_module(f"benchmarks.{info.name}")
+            run = getattr(module, "run", None)
+            if run is None:
+                continue
+            figures, found = run(shared) if inspect.signature(run).parameters else run()
+            results[info.name.removeprefix("bench_")] = figures
+            targets += found
+        except Exception as exc:  # report and go on: one broken benchmark must not hide the others
+            say(f"benchmark {info.name} FAILED: {type(exc).__name__}: {exc}")
+            results[info.name.removeprefix("bench_")] = {"error": f"{type(exc).__name__}: {exc}"}
+        say()
+
     say("== 4. peak RSS per worker (psutil, sampled every 50 ms) ==")
     memory: dict[str, Any] = {}
     detect_memory = results["pipeline_throughput"].get("pipeline", {}).get("worker_memory", {})
