@@ -15,6 +15,7 @@ META_FILE = "meta.json"
 DETECTIONS_FILE = "detections.json"
 VERDICT_FILE = "verdict.json"
 NOTIFICATION_FILE = "notification.json"
+CLIP_FILE = "clip.json"
 ANNOTATED_FILE = "annotated.jpg"
 
 AlarmStatus = Literal["ok", "rejected", "uniform", "detector_error"]
@@ -24,13 +25,23 @@ class Record(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class ClipRef(Record):
+    """Where a video frame comes from (``frames`` stage): its clip and its place in it."""
+
+    clip: str  # the clip's alarm path, e.g. /cam-1/0001.mp4
+    offset_s: float
+    reasons: list[str]  # first | interval | motion
+    partial: str = ""  # why the clip's decoding stopped early
+    capped: bool = False
+
+
 class AlarmMeta(Record):
     """Written by ``validate``: what the alarm is and whether its image can be used."""
 
     alarm: str  # the input path, e.g. /cam-1/0001.jpg: the alarm's identity
     camera: str
     time: datetime
-    time_source: Literal["exif", "filename", "commit"]
+    time_source: Literal["exif", "filename", "commit", "container"]
     image_file: str | None  # file name of the (unchanged) image beside this record, None if rejected
     sha256: str
     size_bytes: int
@@ -40,6 +51,38 @@ class AlarmMeta(Record):
     status: Literal["ok", "rejected", "uniform"]
     reason_code: str = ""
     reason: str = ""
+    clip: ClipRef | None = None  # set for the frames of a video clip
+
+
+class ClipFrame(Record):
+    file: str
+    offset_s: float
+    time: datetime
+    reasons: list[str]
+    motion: float
+
+
+class ClipRecord(Record):
+    """Written by ``frames`` for each clip: how it was read and which frames were kept (and why)."""
+
+    clip: str
+    camera: str
+    status: Literal["ok", "rejected"]
+    reason_code: str = ""
+    reason: str = ""
+    start: datetime
+    start_source: Literal["container", "filename", "commit"]
+    sha256: str
+    size_bytes: int
+    codec: str | None = None
+    width: int | None = None
+    height: int | None = None
+    fps: float | None = None
+    duration_s: float = 0.0
+    frames_decoded: int = 0
+    partial: str = ""
+    capped: bool = False
+    frames: list[ClipFrame] = []
 
 
 class ModelRef(Record):
@@ -72,6 +115,8 @@ class JudgedBox(Record):
     kept: bool
     severity: str
     why: str
+    zone: str | None = None  # the camera zone the box stands in, if any
+    rule_path: str = ""  # the camera or zone rules that judged this box
 
 
 class VerdictRecord(Record):
@@ -90,6 +135,32 @@ class VerdictRecord(Record):
     annotated_file: str | None
     image_sha256: str
     pipeline_versions: dict[str, str]
+    clip: ClipRef | None = None  # set for a frame of a video clip (copied from AlarmMeta.clip)
+    rules_note: str = ""  # e.g. the head of rules@master is invalid and older rules were used
+
+
+class ClipFrameVerdict(Record):
+    alarm: str
+    offset_s: float
+    verdict: str
+    reasons: list[str]
+    top: str = ""  # the strongest kept detection, e.g. "person 0.81"
+
+
+class ClipVerdictRecord(Record):
+    """Written by ``clips``: one verdict for a whole clip, from its frames' verdicts."""
+
+    clip: str
+    camera: str
+    time: datetime
+    verdict: Literal["alert", "review", "dismiss"]
+    reasons: list[str]
+    deciding_frame: str | None  # alarm path of the frame that decided
+    best_frame_file: str | None  # annotated JPEG beside this record
+    summary_file: str | None  # animated GIF of the annotated frames
+    frames: list[ClipFrameVerdict]
+    partial: str = ""
+    capped: bool = False
 
 
 class NotificationRecord(Record):

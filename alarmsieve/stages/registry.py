@@ -13,6 +13,8 @@ BUILTIN_STAGES: dict[str, str] = {
     "assess": "alarmsieve.stages.assess:AssessStage",
     "notify": "alarmsieve.stages.notify:NotifyStage",
     "noop": "alarmsieve.stages.noop:NoopStage",
+    "frames": "alarmsieve.stages.frames:FramesStage",
+    "clips": "alarmsieve.stages.clips:ClipsStage",
 }
 
 

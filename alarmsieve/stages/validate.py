@@ -15,7 +15,7 @@ from pathlib import Path
 
 from alarmsieve.stages.alarms import write_record
 from alarmsieve.stages.base import DatumContext, Stage, StageServices, StageUsageError
-from alarmsieve.stages.records import META_FILE, AlarmMeta
+from alarmsieve.stages.records import CLIP_FILE, META_FILE, AlarmMeta, ClipRecord, ClipRef
 from alarmsieve.vision.images import ImageLimits, ImageRejected, decode_image, is_uniform
 
 # 2026-11-27T10:30:00, 20261127_103000, 20261127-103000, 2026-11-27_10-30-00 ...
@@ -59,17 +59,62 @@ class ValidateStage(Stage):
     def process(self, ctx: DatumContext) -> None:
         for root in ctx.inputs():
             commit_time = ctx.input_commit_times.get(root.name)
-            for path in sorted(p for p in root.rglob("*") if p.is_file()):
+            clip_dirs = {record.parent for record in root.rglob(CLIP_FILE)}
+            for clip_dir in sorted(clip_dirs):
+                self.process_clip(ctx, root, clip_dir)
+            for path in sorted(p for p in root.rglob("*") if p.is_file() and not clip_dirs & set(p.parents)):
                 rel = path.relative_to(root).as_posix()
                 meta = self.check(path, rel, commit_time)
-                write_record(ctx, rel, META_FILE, meta)
-                if meta.image_file:
-                    dest = ctx.out / rel / meta.image_file
-                    dest.write_bytes(path.read_bytes())
-                if meta.status != "ok":
-                    ctx.log.warning("alarm %s: %s (%s)", meta.alarm, meta.status, meta.reason)
-                else:
-                    ctx.log.info("alarm %s: ok %sx%s %s", meta.alarm, meta.width, meta.height, meta.format)
+                self._write(ctx, rel, path, meta)
+
+    def process_clip(self, ctx: DatumContext, root: Path, clip_dir: Path) -> None:
+        """Frames of a clip (``frames`` stage output): each frame is an alarm stamped with its clip time."""
+        clip = ClipRecord.model_validate_json((clip_dir / CLIP_FILE).read_bytes())
+        rel_clip = clip_dir.relative_to(root).as_posix()
+        if clip.status == "rejected":
+            meta = AlarmMeta(
+                alarm=clip.clip,
+                camera=clip.camera,
+                time=clip.start,
+                time_source=clip.start_source,
+                image_file=None,
+                sha256=clip.sha256,
+                size_bytes=clip.size_bytes,
+                status="rejected",
+                reason_code=clip.reason_code,
+                reason=clip.reason,
+            )
+            write_record(ctx, rel_clip, META_FILE, meta)
+            ctx.log.warning("clip %s: rejected (%s)", clip.clip, clip.reason)
+            return
+        for frame in clip.frames:
+            path = clip_dir / frame.file
+            rel = f"{rel_clip}/{frame.file}"
+            meta = self.check(path, rel, frame.time).model_copy(
+                update={
+                    "camera": clip.camera,
+                    "time": frame.time,
+                    "time_source": clip.start_source,
+                    "clip": ClipRef(
+                        clip=clip.clip,
+                        offset_s=frame.offset_s,
+                        reasons=frame.reasons,
+                        partial=clip.partial,
+                        capped=clip.capped,
+                    ),
+                }
+            )
+            self._write(ctx, rel, path, meta)
+
+    def _write(self, ctx: DatumContext, rel: str, path: Path, meta: AlarmMeta) -> None:
+        write_record(ctx, rel, META_FILE, meta)
+        if meta.image_file:
+            dest = ctx.out / rel / meta.image_file
+            dest.write_bytes(path.read_bytes())
+        if meta.status != "ok":
+            ctx.log.warning("alarm %s: %s (%s)", meta.alarm, meta.status, meta.reason)
+        else:
+            ctx.log.info("alarm %s: ok %sx%s %s", meta.alarm, meta.width, meta.height, meta.format)
 
     def check(self, path: Path, rel: str, commit_time: datetime | None) -> AlarmMeta:
         data = path.read_bytes()
