@@ -18,7 +18,10 @@ ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install '
 
 @pytest.fixture(scope="module")
 def ray_cluster() -> Iterator[None]:
+    # loopback only: on Linux Ray otherwise binds the machine's network address
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    assert {n["NodeManagerAddress"] for n in ray.nodes()} == {"127.0.0.1"}
     yield
     ray.shutdown()
 
@@ -97,8 +100,9 @@ def test_resource_requests_map_to_ray_options() -> None:
     assert ray_options({"cpu": 0.5, "memory": "512Mi", "gpu": {"type": "nvidia.com/gpu", "number": 1}}) == {
         "max_restarts": 0,
         "max_task_retries": 0,
+        "scheduling_strategy": "SPREAD",
         "num_cpus": 0.5,
         "memory": 512 * 1024 * 1024,
         "num_gpus": 1.0,
     }
-    assert ray_options(None) == {"max_restarts": 0, "max_task_retries": 0}
+    assert ray_options(None) == {"max_restarts": 0, "max_task_retries": 0, "scheduling_strategy": "SPREAD"}

@@ -12,6 +12,7 @@ so, so the driver that feeds them never waits for a core (no deadlock on a 2-CPU
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections import deque
 from collections.abc import Callable
@@ -55,7 +56,8 @@ class _Actor:
 
 def ray_options(resource_requests: dict | None) -> dict[str, Any]:
     """Pachyderm ``resource_requests`` → Ray actor options (cpu, memory, gpu)."""
-    options: dict[str, Any] = {"max_restarts": 0, "max_task_retries": 0}
+    # SPREAD puts a pipeline's actors on different nodes, so losing a node loses few of them
+    options: dict[str, Any] = {"max_restarts": 0, "max_task_retries": 0, "scheduling_strategy": "SPREAD"}
     requests = resource_requests or {}
     if "cpu" in requests:
         options["num_cpus"] = float(requests["cpu"])
@@ -101,6 +103,10 @@ class RayWorkerPool:
         import ray
 
         if not ray.is_initialized():
+            if not self.address:
+                # A private single-node cluster: keep Ray on the loopback interface (on Linux it
+                # otherwise binds the machine's own network address).
+                os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
             ray.init(address=self.address, include_dashboard=False, log_to_driver=False, configure_logging=False)
         return ray
 
