@@ -13,13 +13,13 @@ from alarmsieve.pps.executor_ray import RayWorkerPool, ray_options
 from alarmsieve.pps.worker import DatumFile, DatumResult, DatumTask, WorkerConfig
 from alarmsieve.workspace import Workspace
 
+# loopback only: on Linux Ray otherwise binds the machine's network address (read when ray is imported)
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'alarmsieve[ray]'")
 
 
 @pytest.fixture(scope="module")
 def ray_cluster() -> Iterator[None]:
-    # loopback only: on Linux Ray otherwise binds the machine's network address
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     assert {n["NodeManagerAddress"] for n in ray.nodes()} == {"127.0.0.1"}
     yield

@@ -100,13 +100,13 @@ class RayWorkerPool:
         self.restarts = 0
 
     def _ray(self) -> Any:
+        if not self.address:
+            # A private single-node cluster: keep Ray on the loopback interface (on Linux it otherwise
+            # binds the machine's network address). Ray reads this when it is first imported.
+            os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
         import ray
 
         if not ray.is_initialized():
-            if not self.address:
-                # A private single-node cluster: keep Ray on the loopback interface (on Linux it
-                # otherwise binds the machine's own network address).
-                os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
             ray.init(address=self.address, include_dashboard=False, log_to_driver=False, configure_logging=False)
         return ray
 
