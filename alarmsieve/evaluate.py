@@ -4,11 +4,18 @@ A threat image is one whose labels include a label the rules alert on (person by
 is *missed* when its verdict is not ``alert``; a calm image is *suppressed* when its verdict is
 ``dismiss`` (a ``review`` costs an operator's look, so it is counted as load, not as suppression).
 The run happens in a private temporary workspace: nothing is notified, the user's data is untouched.
+
+Every share comes with its 95 % Wilson interval, overall, per label and per camera; the report also
+holds the operator load (alerts and reviews on calm images) and the recall / suppression curve over
+alert thresholds (``alarmsieve.quality.report`` renders it as HTML). With YOLO labels the box sizes are
+known, so the issue's targets are computed too: recall on threats with a threat box covering at least
+``min_threat_area`` of the frame, and suppression on images with no threat label and no vehicle.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import re
 import tempfile
 from collections.abc import Callable
@@ -18,6 +25,7 @@ import yaml
 from pydantic import BaseModel
 
 from alarmsieve.config import Settings
+from alarmsieve.quality.stats import Proportion, proportion
 from alarmsieve.rules import DEFAULT_RULES_YAML, load_rules
 from alarmsieve.stages.records import VerdictRecord
 from alarmsieve.verdicts import read_verdicts
@@ -31,9 +39,30 @@ class EvalError(ValueError):
     pass
 
 
+VEHICLE_LABELS = ("bicycle", "car", "motorcycle", "bus", "truck")
+CURVE_THRESHOLDS = tuple(round(0.25 + 0.025 * i, 3) for i in range(30))  # 0.25 (the detector's floor) .. 0.975
+
+
 class LabelledImage(BaseModel):
     file: str  # relative to the images folder
     objects: list[str]
+    # largest box per label as a fraction of the frame (YOLO labels only; empty when unknown)
+    areas: dict[str, float] = {}
+
+
+class OutcomeBox(BaseModel):
+    label: str
+    score: float
+    box: tuple[float, float, float, float]
+    kept: bool = True
+    too_small: bool = False  # dropped by the rules' min_box_area
+
+
+def label_score(outcome: ImageOutcome, labels: list[str] | str) -> float | None:
+    """Highest score among the outcome's detections of ``labels`` that the rules did not drop for size."""
+    wanted = [labels] if isinstance(labels, str) else labels
+    scores = [b.score for b in outcome.boxes if b.label in wanted and not b.too_small]
+    return max(scores) if scores else None
 
 
 class ImageOutcome(BaseModel):
@@ -43,6 +72,46 @@ class ImageOutcome(BaseModel):
     verdict: str
     reasons: list[str]
     detections: list[str]
+    camera: str = "eval"
+    # highest score of a threat-label detection big enough for the rules (None: none found)
+    threat_score: float | None = None
+    # the largest threat box in the labels, as a fraction of the frame (None: unknown or no threat)
+    threat_area: float | None = None
+    status: str = "ok"
+    boxes: list[OutcomeBox] = []
+
+
+class GroupStats(BaseModel):
+    """One label's or one camera's figures; ``missed`` over threats, ``suppression`` over calm images."""
+
+    name: str
+    images: int
+    threats: int
+    calm: int
+    alerts: int
+    reviews: int
+    dismissed: int
+    missed: Proportion
+    suppression: Proportion
+    alerts_on_calm: int
+    reviews_on_calm: int
+
+
+class OperatorLoad(BaseModel):
+    """What calm images cost a person: each alert and each review is one look."""
+
+    alerts_on_calm: int
+    reviews_on_calm: int
+    looks: int
+    per_100_calm: float | None
+
+
+class CurvePoint(BaseModel):
+    """Alert threshold ``threshold`` (no review band): recall on threats, suppression on calm images."""
+
+    threshold: float
+    recall: float | None
+    suppression: float | None
 
 
 class EvalReport(BaseModel):
@@ -59,6 +128,20 @@ class EvalReport(BaseModel):
     misses: list[ImageOutcome]
     false_alarms: list[ImageOutcome]
     outcomes: list[ImageOutcome]
+    missed_ci: tuple[float, float] | None = None
+    suppression_ci: tuple[float, float] | None = None
+    recall: Proportion | None = None
+    missed_detail: Proportion | None = None
+    suppression_detail: Proportion | None = None
+    operator_load: OperatorLoad | None = None
+    per_label: list[GroupStats] = []
+    per_camera: list[GroupStats] = []
+    curve: list[CurvePoint] = []
+    # the issue's targets: threats with a threat box >= min_threat_area, and calm images with no vehicle
+    min_threat_area: float = 0.005
+    large_threat_recall: Proportion | None = None
+    clear_calm_suppression: Proportion | None = None
+    detect_args: list[str] = []
 
 
 def _class_names(labels_dir: Path) -> list[str]:
@@ -99,17 +182,23 @@ def load_labelled_set(images: Path, labels: Path) -> list[LabelledImage]:
         for path in sorted(p for p in images.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
             label_file = labels / (path.stem + ".txt")
             objects: set[str] = set()
+            areas: dict[str, float] = {}
             if label_file.is_file():
                 for number, text in enumerate(label_file.read_text().splitlines(), start=1):
                     if not text.strip():
                         continue
                     try:
-                        objects.add(names[int(text.split()[0])])
+                        fields = text.split()
+                        label = names[int(fields[0])]
+                        objects.add(label)
+                        if len(fields) >= 5:
+                            area = float(fields[3]) * float(fields[4])
+                            areas[label] = round(max(areas.get(label, 0.0), area), 6)
                     except (ValueError, IndexError) as exc:
                         raise EvalError(
                             f"{label_file} line {number}: expected 'class cx cy w h', got {text!r}"
                         ) from exc
-            out.append(LabelledImage(file=path.relative_to(images).as_posix(), objects=sorted(objects)))
+            out.append(LabelledImage(file=path.relative_to(images).as_posix(), objects=sorted(objects), areas=areas))
         if not out:
             raise EvalError(f"--images {images}: no JPEG, PNG, BMP or WebP files found")
         return out
@@ -128,11 +217,61 @@ def repo_path(file: str) -> str:
     return "/" + "/".join(parts) if len(parts) >= 2 else f"/eval/{file}"
 
 
-def score(items: list[LabelledImage], verdicts: dict[str, VerdictRecord], threat_labels: list[str]) -> EvalReport:
+def _threat_score(record: VerdictRecord, threat_labels: list[str]) -> float | None:
+    """Highest score among threat-label detections the rules did not drop for their size."""
+    scores = [d.score for d in record.detections if d.label in threat_labels and "min_box_area" not in d.why]
+    return max(scores) if scores else None
+
+
+def _group(name: str, outcomes: list[ImageOutcome]) -> GroupStats:
+    threats = [o for o in outcomes if o.threat]
+    calm = [o for o in outcomes if not o.threat]
+    return GroupStats(
+        name=name,
+        images=len(outcomes),
+        threats=len(threats),
+        calm=len(calm),
+        alerts=sum(o.verdict == "alert" for o in outcomes),
+        reviews=sum(o.verdict == "review" for o in outcomes),
+        dismissed=sum(o.verdict == "dismiss" for o in outcomes),
+        missed=proportion(sum(o.verdict != "alert" for o in threats), len(threats)),
+        suppression=proportion(sum(o.verdict == "dismiss" for o in calm), len(calm)),
+        alerts_on_calm=sum(o.verdict == "alert" for o in calm),
+        reviews_on_calm=sum(o.verdict == "review" for o in calm),
+    )
+
+
+def curve(outcomes: list[ImageOutcome], thresholds: tuple[float, ...] = CURVE_THRESHOLDS) -> list[CurvePoint]:
+    """Recall and suppression if threat labels alerted at each threshold with no review band; an image
+    the detector could not judge (rejected, uniform, error) is never suppressed."""
+    threats = [o for o in outcomes if o.threat]
+    calm = [o for o in outcomes if not o.threat]
+    points = []
+    for t in thresholds:
+        caught = sum(1 for o in threats if o.threat_score is not None and o.threat_score >= t)
+        quiet = sum(1 for o in calm if o.status == "ok" and (o.threat_score is None or o.threat_score < t))
+        points.append(
+            CurvePoint(
+                threshold=t,
+                recall=round(caught / len(threats), 6) if threats else None,
+                suppression=round(quiet / len(calm), 6) if calm else None,
+            )
+        )
+    return points
+
+
+def score(
+    items: list[LabelledImage],
+    verdicts: dict[str, VerdictRecord],
+    threat_labels: list[str],
+    *,
+    min_threat_area: float = 0.005,
+) -> EvalReport:
     outcomes = []
     for item in items:
         record = verdicts.get(repo_path(item.file))
         threat = any(o in threat_labels for o in item.objects)
+        areas = [item.areas[label] for label in threat_labels if label in item.areas]
         outcomes.append(
             ImageOutcome(
                 file=item.file,
@@ -141,12 +280,31 @@ def score(items: list[LabelledImage], verdicts: dict[str, VerdictRecord], threat
                 verdict=record.verdict if record else "missing",
                 reasons=record.reasons if record else ["no verdict was produced"],
                 detections=[f"{d.label} {d.score:.2f}" for d in record.detections] if record else [],
+                camera=repo_path(item.file).split("/")[1],
+                threat_score=_threat_score(record, threat_labels) if record else None,
+                threat_area=max(areas) if threat and areas else None,
+                status=record.status if record else "missing",
+                boxes=[
+                    OutcomeBox(label=d.label, score=d.score, box=d.box, kept=d.kept, too_small="min_box_area" in d.why)
+                    for d in record.detections
+                ]
+                if record
+                else [],
             )
         )
     threats = [o for o in outcomes if o.threat]
     calm = [o for o in outcomes if not o.threat]
     misses = [o for o in threats if o.verdict != "alert"]
     suppressed = [o for o in calm if o.verdict == "dismiss"]
+    missed_p = proportion(len(misses), len(threats))
+    supp_p = proportion(len(suppressed), len(calm))
+    alerts_on_calm = sum(1 for o in calm if o.verdict == "alert")
+    reviews_on_calm = sum(1 for o in calm if o.verdict == "review")
+    labels = sorted({label for o in outcomes for label in o.objects})
+    cameras = sorted({o.camera for o in outcomes})
+    # the targets: threats large enough to be seen (unknown size counts), calm images with no vehicle either
+    large = [o for o in threats if o.threat_area is None or o.threat_area >= min_threat_area]
+    clear = [o for o in calm if not any(label in VEHICLE_LABELS for label in o.objects)]
     return EvalReport(
         images=len(outcomes),
         threat_labels=threat_labels,
@@ -156,11 +314,28 @@ def score(items: list[LabelledImage], verdicts: dict[str, VerdictRecord], threat
         calm=len(calm),
         suppressed=len(suppressed),
         suppression=len(suppressed) / len(calm) if calm else 0.0,
-        reviews_on_calm=sum(1 for o in calm if o.verdict == "review"),
-        alerts_on_calm=sum(1 for o in calm if o.verdict == "alert"),
+        reviews_on_calm=reviews_on_calm,
+        alerts_on_calm=alerts_on_calm,
         misses=misses,
         false_alarms=[o for o in calm if o.verdict == "alert"],
         outcomes=outcomes,
+        missed_ci=(missed_p.low, missed_p.high) if missed_p.low is not None and missed_p.high is not None else None,
+        suppression_ci=(supp_p.low, supp_p.high) if supp_p.low is not None and supp_p.high is not None else None,
+        recall=proportion(len(threats) - len(misses), len(threats)),
+        missed_detail=missed_p,
+        suppression_detail=supp_p,
+        operator_load=OperatorLoad(
+            alerts_on_calm=alerts_on_calm,
+            reviews_on_calm=reviews_on_calm,
+            looks=alerts_on_calm + reviews_on_calm,
+            per_100_calm=round(100 * (alerts_on_calm + reviews_on_calm) / len(calm), 2) if calm else None,
+        ),
+        per_label=[_group(label, [o for o in outcomes if label in o.objects]) for label in labels],
+        per_camera=[_group(camera, [o for o in outcomes if o.camera == camera]) for camera in cameras],
+        curve=curve(outcomes),
+        min_threat_area=min_threat_area,
+        large_threat_recall=proportion(sum(o.verdict == "alert" for o in large), len(large)),
+        clear_calm_suppression=proportion(sum(o.verdict == "dismiss" for o in clear), len(clear)),
     )
 
 
@@ -173,11 +348,18 @@ def run_eval(
     progress: object | None = None,
     pipelines_dir: Path | None = None,
     on_workspace: Callable[[Path], None] | None = None,
+    detect_args: list[str] | None = None,
+    min_threat_area: float = 0.005,
+    items: list[LabelledImage] | None = None,
 ) -> EvalReport:
+    """Run validate, detect and assess on the set in a private workspace and score the verdicts.
+
+    ``detect_args`` are appended to the detect stage's command (e.g. ``["--tiling", "on"]``); ``items``
+    replaces the labels read from ``labels`` (a subset, or a set built in memory)."""
     from alarmsieve.pps.spec import load_spec_file
     from alarmsieve.workspace import Workspace, default_pipelines_dir
 
-    items = load_labelled_set(images, labels)
+    items = items if items is not None else load_labelled_set(images, labels)
     threat_labels = threat_labels or alert_labels()
     with tempfile.TemporaryDirectory(prefix="alarmsieve-eval-") as tmp:
         settings = base.model_copy(update={"home": Path(tmp), "catalog_url": None, "object_store": None})
@@ -190,7 +372,13 @@ def run_eval(
             if not spec.is_file():
                 raise EvalError(f"eval needs the {name} pipeline spec at {spec}")
             load_spec_file(spec)
-            (specs_dir / spec.name).write_bytes(spec.read_bytes())
+            if name == "detect" and detect_args:
+                data = json.loads(spec.read_text())
+                data["transform"]["cmd"] = [*data["transform"]["cmd"], *detect_args]
+                (specs_dir / spec.name).write_text(json.dumps(data, indent=2))
+                load_spec_file(specs_dir / spec.name)
+            else:
+                (specs_dir / spec.name).write_bytes(spec.read_bytes())
         ws.init(pipelines_dir=specs_dir)
         builder = ws.pfs.start_commit("images", description=f"eval set {images}")
         for item in items:
@@ -201,4 +389,6 @@ def run_eval(
         with ws.runner(progress) as runner:  # type: ignore[arg-type]
             runner.run_until_idle()
         verdicts = {v.alarm: v for v in read_verdicts(ws.pfs)}
-        return score(items, verdicts, threat_labels)
+        report = score(items, verdicts, threat_labels, min_threat_area=min_threat_area)
+        report.detect_args = list(detect_args or [])
+        return report

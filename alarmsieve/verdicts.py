@@ -40,10 +40,20 @@ def verdict_json(record: VerdictRecord) -> dict:
         "status": record.status,
         "rule_path": record.rule_path,
         "rules_version": record.rules_commit,
+        "rules_note": record.rules_note,
         "detections": [
-            {"label": d.label, "score": d.score, "box": list(d.box), "kept": d.kept, "why": d.why}
+            {
+                "label": d.label,
+                "score": d.score,
+                "box": list(d.box),
+                "kept": d.kept,
+                "why": d.why,
+                "zone": d.zone,
+                "rule_path": d.rule_path,
+            }
             for d in record.detections
         ],
+        "clip": record.clip.model_dump() if record.clip else None,
         "model": record.model.model_dump() if record.model else None,
         "pipeline_versions": record.pipeline_versions,
     }

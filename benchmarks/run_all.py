@@ -92,7 +92,9 @@ def main() -> int:
             run = getattr(module, "run", None)
             if run is None:
                 continue
-            figures, found = run(shared) if inspect.signature(run).parameters else run()
+            params = inspect.signature(run).parameters
+            kwargs = {"quick": os.environ.get("ALARMSIEVE_BENCH_FULL") != "1"} if "quick" in params else {}
+            figures, found = run(shared, **kwargs) if params else run()
             results[info.name.removeprefix("bench_")] = figures
             targets += found
         except Exception as exc:  # report and go on: one broken benchmark must not hide the others

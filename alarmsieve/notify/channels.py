@@ -32,6 +32,7 @@ from alarmsieve.notify.message import (
     render_html,
     render_text,
     subject,
+    utc_time,
 )
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,14 @@ class Channel(ABC):
     @abstractmethod
     def send(self, n: AlarmNotification) -> str:
         """Deliver ``n``; return the provider's message id; raise :class:`DeliveryError` on failure."""
+
+    def already_delivered(self, n: AlarmNotification) -> str | None:
+        """Delivery check before a resend: the provider id if ``n`` is known to have arrived, else None.
+
+        Called by the ledger only for a row left ``pending`` by an attempt that never reported (a crash
+        between "pending" and "sent"). Channels that cannot ask their provider return None.
+        """
+        return None
 
 
 _SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,149}")
@@ -200,14 +209,29 @@ class SendGridChannel(Channel):
             "custom_args": {"alarmsieve_key": n.key[:200]},
         }
 
+    def already_delivered(self, n: AlarmNotification) -> str | None:
+        """Ask the Email Activity API whether a message with our ``alarmsieve_key`` custom arg was accepted."""
+        key = n.key[:200].replace('"', "")
+        url = self.url.rsplit("/v3/", 1)[0] + "/v3/messages"
+        params = {"query": f"unique_args['alarmsieve_key']=\"{key}\"", "limit": "1"}
+        try:
+            with httpx.Client(timeout=self.timeout) as client:
+                resp = client.get(url, params=params, headers={"Authorization": f"Bearer {self._api_key}"})
+            if resp.status_code != 200:
+                log.warning("SendGrid delivery check: HTTP %s; sending again", resp.status_code)
+                return None
+            messages = resp.json().get("messages") or []
+        except (httpx.HTTPError, ValueError, AttributeError) as exc:
+            log.warning("SendGrid delivery check failed (%s); sending again", type(exc).__name__)
+            return None
+        return str(messages[0].get("msg_id") or "sendgrid:delivered") if messages else None
+
     def send(self, n: AlarmNotification) -> str:
         headers = {"Authorization": f"Bearer {self._api_key}"}
         try:
-            if self._client is not None:
-                resp = self._client.post(self.url, json=self.payload(n), headers=headers, timeout=self.timeout)
-            else:
-                with httpx.Client(timeout=self.timeout) as client:
-                    resp = client.post(self.url, json=self.payload(n), headers=headers)
+            if self._client is None:  # one client per channel: building one (its TLS context) costs ~20 ms
+                self._client = httpx.Client(timeout=self.timeout)
+            resp = self._client.post(self.url, json=self.payload(n), headers=headers, timeout=self.timeout)
         except httpx.TimeoutException as exc:
             raise DeliveryError(True, f"SendGrid timed out: {type(exc).__name__}") from None
         except httpx.TransportError as exc:
@@ -244,3 +268,263 @@ def channel_from_env(outbox_dir: Path, env: Mapping[str, str] = os.environ) -> C
         return SendGridChannel(api_key, sender=sender, recipients=recipients, base_url=base_url)
     log.info("notifications to the outbox folder %s", outbox_dir)
     return OutboxChannel(Path(outbox_dir), sender=sender or DEFAULT_SENDER, recipients=recipients or None)
+
+
+# --- SMTP, webhook, MQTT -------------------------------------------------------------------------
+
+
+class SmtpChannel(Channel):
+    """SMTP submission, plain / STARTTLS / implicit TLS, optional AUTH; the same MIME message as the outbox."""
+
+    name = "smtp"
+
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        sender: str,
+        recipients: list[str],
+        security: str = "starttls",
+        username: str | None = None,
+        password: str | None = None,
+        timeout: float = 30.0,
+        ca_file: str | None = None,
+        name: str = "smtp",
+    ) -> None:
+        if not recipients:
+            raise ValueError("SmtpChannel needs at least one recipient")
+        if security not in ("plain", "starttls", "tls"):
+            raise ValueError(f"SMTP security {security!r}: use plain, starttls or tls")
+        self.name = name
+        self.host, self.port, self.security = host, port, security
+        self.sender = sender
+        self.recipients = list(recipients)
+        self.recipient = ", ".join(self.recipients)
+        self.username = username
+        self._password = password
+        self.timeout = timeout
+        self.ca_file = ca_file
+
+    def __repr__(self) -> str:  # never show the password
+        return f"SmtpChannel({self.host}:{self.port}, {self.security}, recipients={self.recipients!r})"
+
+    def _context(self) -> Any:
+        import ssl
+
+        return ssl.create_default_context(cafile=self.ca_file)
+
+    def send(self, n: AlarmNotification) -> str:
+        import smtplib
+
+        msg = build_email(n, sender=self.sender, recipients=self.recipients)
+        try:
+            if self.security == "tls":
+                client: smtplib.SMTP = smtplib.SMTP_SSL(
+                    self.host, self.port, timeout=self.timeout, context=self._context()
+                )
+            else:
+                client = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
+            with client:
+                if self.security == "starttls":
+                    client.starttls(context=self._context())
+                if self.username is not None:
+                    client.login(self.username, self._password or "")
+                refused = client.send_message(msg, from_addr=self.sender, to_addrs=self.recipients)
+        except smtplib.SMTPRecipientsRefused as exc:
+            codes = [code for code, _ in exc.recipients.values()]
+            retryable = all(400 <= c < 500 for c in codes)
+            raise DeliveryError(retryable, f"SMTP refused every recipient: {exc.recipients}") from None
+        except smtplib.SMTPAuthenticationError as exc:
+            raise DeliveryError(
+                False, f"SMTP authentication failed ({exc.smtp_code}); check username/password"
+            ) from None
+        except smtplib.SMTPNotSupportedError as exc:  # e.g. no AUTH, no STARTTLS: a configuration problem
+            raise DeliveryError(False, f"SMTP server {self.host}:{self.port}: {exc}; check `security`") from None
+        except smtplib.SMTPResponseException as exc:
+            text = exc.smtp_error.decode("utf-8", "replace") if isinstance(exc.smtp_error, bytes) else exc.smtp_error
+            raise DeliveryError(400 <= exc.smtp_code < 500, f"SMTP {exc.smtp_code}: {text}") from None
+        except (smtplib.SMTPException, OSError) as exc:  # connection refused, timeout, TLS failure
+            raise DeliveryError(
+                True, f"SMTP {self.host}:{self.port} unreachable: {type(exc).__name__}: {exc}"
+            ) from None
+        if refused:
+            log.warning("SMTP refused some recipients: %s", sorted(refused))
+        return str(msg["Message-ID"])
+
+
+def webhook_signature(secret: str, body: bytes) -> str:
+    """``X-Alarmsieve-Signature``: ``sha256=`` + hex HMAC-SHA256 of the exact body bytes."""
+    import hmac
+
+    return "sha256=" + hmac.new(secret.encode("utf-8"), body, hashlib.sha256).hexdigest()
+
+
+class WebhookChannel(Channel):
+    """POSTs the verdict as JSON, signed with a per-endpoint secret; only to hosts on the allow-list."""
+
+    name = "webhook"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        secret: str,
+        allowed_hosts: list[str],
+        timeout: float = 10.0,
+        images: str = "base64",
+        image_url_template: str | None = None,
+        name: str = "webhook",
+    ) -> None:
+        host = httpx.URL(url).host
+        if host not in allowed_hosts:
+            raise DeliveryError(
+                False, f"webhook host {host!r} is not in allowed_hosts {allowed_hosts}; add it there or fix the url"
+            )
+        self.name = name
+        self.url = url
+        self.recipient = url
+        self._secret = secret
+        self.allowed_hosts = list(allowed_hosts)
+        self.timeout = timeout
+        self.images = images
+        self.image_url_template = image_url_template
+        self._client: httpx.Client | None = None
+
+    def __repr__(self) -> str:
+        return f"WebhookChannel({self.url!r})"
+
+    def body(self, n: AlarmNotification) -> dict[str, Any]:
+        record = n.model_dump(mode="json", exclude={"annotated_jpeg", "original"})
+        images: dict[str, Any] = {}
+        files = {"annotated": (ANNOTATED_FILENAME, n.annotated_jpeg, "image/jpeg")}
+        if n.original is not None:
+            main, sub = original_mime(n)
+            files["original"] = (original_filename(n), n.original, f"{main}/{sub}")
+        for role, (fname, data, mime) in files.items():
+            if self.images == "base64":
+                images[role] = {"filename": fname, "content_type": mime, "base64": base64.b64encode(data).decode()}
+            elif self.images == "url" and self.image_url_template:
+                url = self.image_url_template.format(alarm=n.alarm_path, camera=n.camera, file=fname)
+                images[role] = {"filename": fname, "content_type": mime, "url": url}
+        return {"event": n.kind, "notification": record, "images": images}
+
+    def send(self, n: AlarmNotification) -> str:
+        import json
+
+        host = httpx.URL(self.url).host
+        if host not in self.allowed_hosts:  # checked again: the URL object is the one we post to
+            raise DeliveryError(False, f"webhook host {host!r} is not in allowed_hosts")
+        body = json.dumps(self.body(n), separators=(",", ":"), sort_keys=True).encode("utf-8")
+        headers = {
+            "Content-Type": "application/json",
+            "X-Alarmsieve-Signature": webhook_signature(self._secret, body),
+            "X-Alarmsieve-Event": n.kind,
+            "Idempotency-Key": n.key,  # receivers drop a repeat (a resend after a crash)
+        }
+        try:
+            if self._client is None:  # reused: building a client (its TLS context) costs ~20 ms
+                self._client = httpx.Client(timeout=self.timeout, follow_redirects=False)
+            resp = self._client.post(self.url, content=body, headers=headers)
+        except httpx.TimeoutException as exc:
+            raise DeliveryError(True, f"webhook timed out: {type(exc).__name__}") from None
+        except httpx.TransportError as exc:
+            raise DeliveryError(True, f"webhook unreachable: {type(exc).__name__}: {exc}") from None
+        if 200 <= resp.status_code < 300:
+            return resp.headers.get("X-Request-Id") or f"webhook:{resp.status_code}:{n.key}"
+        text = resp.text[:500]
+        if resp.status_code in (408, 429) or resp.status_code >= 500:
+            raise DeliveryError(
+                True,
+                f"webhook HTTP {resp.status_code}: {text}",
+                retry_after=_retry_after(resp.headers.get("Retry-After")),
+            )
+        raise DeliveryError(False, f"webhook HTTP {resp.status_code}: {text}")
+
+
+class MqttChannel(Channel):
+    """``<prefix>/<camera>/events`` (JSON lifecycle new / update / end under the incident id) and
+    ``<prefix>/<camera>/snapshot`` (the annotated JPEG, retained), QoS 1 by default."""
+
+    name = "mqtt"
+
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 1883,
+        topic_prefix: str = "alarmsieve",
+        qos: int = 1,
+        username: str | None = None,
+        password: str | None = None,
+        timeout: float = 10.0,
+        snapshot: bool = True,
+        name: str = "mqtt",
+    ) -> None:
+        self.name = name
+        self.host, self.port = host, port
+        self.prefix = topic_prefix.strip("/")
+        self.qos = qos
+        self.username = username
+        self._password = password
+        self.timeout = timeout
+        self.snapshot = snapshot
+        self.recipient = f"mqtt://{host}:{port}/{self.prefix}"
+
+    def __repr__(self) -> str:
+        return f"MqttChannel({self.recipient!r}, qos={self.qos})"
+
+    def topic(self, camera: str, what: str) -> str:
+        return f"{self.prefix}/{re.sub(r'[#+/]', '_', camera)}/{what}"
+
+    def event(self, n: AlarmNotification, kind: str) -> dict[str, Any]:
+        # Parallel workers may publish two alarms of one incident in either order: ``seq`` (the alarm's
+        # place in the incident) orders them; a consumer treats an update of an unknown id as new.
+        return {
+            "type": kind,
+            "id": n.incident_id or n.key,
+            "key": n.key,
+            "camera": n.camera,
+            "site": n.site,
+            "alarm": n.alarm_path,
+            "time": utc_time(n).isoformat(),
+            "verdict": n.verdict,
+            "labels": list(dict.fromkeys(str(o.get("label")) for o in n.objects)),
+            "objects": n.objects,
+            "reasons": n.reasons,
+            "alarms": n.incident_alarms,
+            "seq": n.incident_alarms if kind != "end" else n.incident_alarms + 1_000_000,
+        }
+
+    def _publish(self, messages: list[tuple[str, bytes, bool]]) -> None:
+        import paho.mqtt.client as mqtt
+
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
+        if self.username is not None:
+            client.username_pw_set(self.username, self._password)
+        try:
+            client.connect(self.host, self.port, keepalive=30)
+        except OSError as exc:
+            raise DeliveryError(True, f"MQTT broker {self.host}:{self.port} unreachable: {exc}") from None
+        client.loop_start()
+        try:
+            for topic, payload, retain in messages:
+                info = client.publish(topic, payload, qos=self.qos, retain=retain)
+                if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                    raise DeliveryError(True, f"MQTT publish to {topic} failed: {mqtt.error_string(info.rc)}")
+                info.wait_for_publish(timeout=self.timeout)
+                if not info.is_published():
+                    raise DeliveryError(True, f"MQTT broker did not acknowledge {topic} within {self.timeout}s")
+        finally:
+            client.disconnect()
+            client.loop_stop()
+
+    def send(self, n: AlarmNotification) -> str:
+        import json
+
+        kind = {"new": "new", "end": "end"}.get(n.kind, "update")
+        messages = [(self.topic(n.camera, "events"), json.dumps(self.event(n, kind)).encode(), False)]
+        if self.snapshot and n.annotated_jpeg and kind != "end":
+            messages.append((self.topic(n.camera, "snapshot"), n.annotated_jpeg, True))
+        self._publish(messages)
+        return f"mqtt:{self.event(n, kind)['id']}:{kind}"

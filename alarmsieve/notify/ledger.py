@@ -24,7 +24,20 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel
-from sqlalchemy import CheckConstraint, DateTime, Dialect, Integer, String, Text, TypeDecorator, select, update
+from sqlalchemy import (
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Dialect,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    func,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
@@ -82,7 +95,11 @@ def _key_lock(url: str, key: str) -> Iterator[None]:
 
 class NotificationRecord(Base):
     __tablename__ = "notifications"
-    __table_args__ = (CheckConstraint("state IN ('pending', 'sent', 'failed')", name="state"),)
+    __table_args__ = (
+        CheckConstraint("state IN ('pending', 'sent', 'failed')", name="state"),
+        Index("ix_notifications_recipient_created_at", "recipient", "created_at"),
+        Index("ix_notifications_state", "state"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     key: Mapped[str] = mapped_column(String(200), unique=True)
@@ -95,9 +112,35 @@ class NotificationRecord(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_now)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_now)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # 0002_notify: routing, grouping and the dead-letter list.
+    camera: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    incident_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    kind: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    dead: Mapped[bool] = mapped_column(Boolean, default=False)  # permanent failure: only a command retries it
+    first_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    last_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
     def __repr__(self) -> str:
         return f"NotificationRecord(key={self.key!r}, state={self.state!r}, attempts={self.attempts})"
+
+
+class NotificationPayload(Base):
+    """The message of a delivery (AlarmNotification JSON), kept so that a dead letter can be retried."""
+
+    __tablename__ = "notify_payloads"
+
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    body: Mapped[str] = mapped_column(Text)
+
+
+class LedgerSummary(BaseModel):
+    """Counts for ``alarmsieve status``: ``dead_letter`` are permanent failures waiting for a retry command."""
+
+    pending: int = 0
+    sent: int = 0
+    failed: int = 0
+    dead_letter: int = 0
+    oldest_pending_at: datetime | None = None
 
 
 class DeliveryOutcome(BaseModel):
@@ -107,6 +150,7 @@ class DeliveryOutcome(BaseModel):
     attempts: int  # all attempts recorded for this key, across calls
     already_sent: bool
     last_error: str | None = None
+    dead: bool = False  # a permanent failure on the dead-letter list
 
 
 class NotificationLedger:
@@ -117,15 +161,25 @@ class NotificationLedger:
     def _session(self) -> Session:
         return Session(self.engine, expire_on_commit=False)
 
-    def _get_or_create(self, channel: Channel, key: str) -> NotificationRecord:
+    def _get_or_create(self, channel: Channel, key: str, n: AlarmNotification | None = None) -> NotificationRecord:
         with self._session() as s:
             row = s.scalars(select(NotificationRecord).where(NotificationRecord.key == key)).one_or_none()
             if row is not None:
                 return row
             row = NotificationRecord(
-                key=key, channel=channel.name, recipient=getattr(channel, "recipient", ""), state="pending", attempts=0
+                key=key,
+                channel=channel.name,
+                recipient=getattr(channel, "recipient", ""),
+                state="pending",
+                attempts=0,
+                camera=n.camera if n else None,
+                incident_id=n.incident_id if n else None,
+                kind=n.kind if n else None,
+                dead=False,
             )
             s.add(row)
+            if n is not None and s.get(NotificationPayload, key) is None:
+                s.add(NotificationPayload(key=key, body=n.model_dump_json()))
             try:
                 s.commit()
                 return row
@@ -150,6 +204,8 @@ class NotificationLedger:
                     channel=channel.name,
                     recipient=getattr(channel, "recipient", ""),
                     updated_at=_now(),
+                    last_attempt_at=_now(),
+                    first_attempt_at=func.coalesce(NotificationRecord.first_attempt_at, _now()),
                 )
             )
             s.commit()
@@ -176,24 +232,46 @@ class NotificationLedger:
             attempts=row.attempts,
             already_sent=already_sent,
             last_error=row.last_error,
+            dead=bool(row.dead),
         )
 
     def deliver_once(
-        self, channel: Channel, n: AlarmNotification, *, max_attempts: int = 5, backoff: float = 0.5
+        self,
+        channel: Channel,
+        n: AlarmNotification,
+        *,
+        max_attempts: int = 5,
+        backoff: float = 0.5,
+        retry_dead: bool = True,
     ) -> DeliveryOutcome:
         """Send ``n`` through ``channel`` unless its key was sent before.
 
         Retryable errors are retried up to ``max_attempts`` times in this call with exponential backoff
         and jitter (at least the provider's Retry-After); a permanent error or the last failed retry
-        marks the row ``failed``. A ``failed`` row is tried again by a later call.
+        marks the row ``failed``; a permanent error also puts it on the dead-letter list (``dead``).
+        A ``failed`` row is tried again by a later call, except a dead letter when ``retry_dead`` is
+        False (the pipeline's setting: only ``alarmsieve retry notification`` resends those).
+
+        A row left ``pending`` by an attempt that never reported (crash between "pending" and
+        "sent") is first checked with :meth:`Channel.already_delivered` when the channel can ask its
+        provider; a message that arrived is then marked sent without sending it again.
         """
         if max_attempts < 1:
             raise ValueError("max_attempts must be >= 1")
         with _key_lock(self.url, n.key):
-            return self._deliver(channel, n, max_attempts, backoff)
+            return self._deliver(channel, n, max_attempts, backoff, retry_dead)
 
-    def _deliver(self, channel: Channel, n: AlarmNotification, max_attempts: int, backoff: float) -> DeliveryOutcome:
-        row = self._get_or_create(channel, n.key)
+    def _deliver(
+        self, channel: Channel, n: AlarmNotification, max_attempts: int, backoff: float, retry_dead: bool
+    ) -> DeliveryOutcome:
+        row = self._get_or_create(channel, n.key, n)
+        if row.state == "failed" and row.dead and not retry_dead:
+            return self._outcome(row)
+        if row.state == "pending" and row.attempts > 0:
+            delivered = channel.already_delivered(n)
+            if delivered is not None:
+                row = self._finish(row.id, state="sent", provider_id=delivered, sent_at=_now(), last_error=None)
+                return self._outcome(row)
         for attempt in range(1, max_attempts + 1):
             if row.state == "sent":
                 return self._outcome(row, already_sent=True)
@@ -208,7 +286,12 @@ class NotificationLedger:
                 error = (
                     exc.message if not last or not exc.retryable else f"gave up after {attempt} attempts: {exc.message}"
                 )
-                row = self._finish(row.id, state="failed" if last else "pending", last_error=error[:4000])
+                row = self._finish(
+                    row.id,
+                    state="failed" if last else "pending",
+                    last_error=error[:4000],
+                    dead=last and not exc.retryable,
+                )
                 if last:
                     return self._outcome(row)
                 delay = backoff * 2 ** (attempt - 1) * random.uniform(0.5, 1.5)
@@ -218,7 +301,9 @@ class NotificationLedger:
                 # A bug, not a delivery outcome: record it, keep the row pending, let it propagate.
                 self._finish(row.id, last_error=f"{type(exc).__name__}: {exc}"[:4000])
                 raise
-            row = self._finish(row.id, state="sent", provider_id=provider_id, sent_at=_now(), last_error=None)
+            row = self._finish(
+                row.id, state="sent", provider_id=provider_id, sent_at=_now(), last_error=None, dead=False
+            )
             return self._outcome(row)
         raise AssertionError("unreachable")  # the loop always returns
 
@@ -235,3 +320,60 @@ class NotificationLedger:
             query = query.where(NotificationRecord.state == state)
         with self._session() as s:
             return list(s.scalars(query))
+
+    def list_failed(self, *, dead_only: bool = False) -> list[NotificationRecord]:
+        """Failed deliveries (``dead_only``: the dead-letter list), oldest first."""
+        query = select(NotificationRecord).where(NotificationRecord.state == "failed").order_by(NotificationRecord.id)
+        if dead_only:
+            query = query.where(NotificationRecord.dead.is_(True))
+        with self._session() as s:
+            return list(s.scalars(query))
+
+    def by_id(self, row_id: int) -> NotificationRecord | None:
+        with self._session() as s:
+            return s.get(NotificationRecord, row_id)
+
+    def payload(self, key: str) -> AlarmNotification | None:
+        """The message recorded for ``key`` (None for rows written before 0002_notify)."""
+        with self._session() as s:
+            row = s.get(NotificationPayload, key)
+            return None if row is None else AlarmNotification.model_validate_json(row.body)
+
+    def count_recent(self, channel: str, recipient: str, since: datetime, *, exclude_kinds: tuple[str, ...]) -> int:
+        """Deliveries to ``recipient`` over ``channel`` recorded since ``since`` (for rate limits)."""
+        query = select(func.count(NotificationRecord.id)).where(
+            NotificationRecord.channel == channel,
+            NotificationRecord.recipient == recipient,
+            NotificationRecord.created_at >= since,
+        )
+        if exclude_kinds:
+            query = query.where(
+                (NotificationRecord.kind.is_(None)) | (NotificationRecord.kind.not_in(list(exclude_kinds)))
+            )
+        with self._session() as s:
+            return int(s.scalar(query) or 0)
+
+    def summary(self) -> LedgerSummary:
+        """Counts by state and the dead-letter count, for ``alarmsieve status`` (one cheap query)."""
+        query = select(
+            NotificationRecord.state,
+            NotificationRecord.dead,
+            func.count(NotificationRecord.id),
+            func.min(NotificationRecord.created_at),
+        ).group_by(NotificationRecord.state, NotificationRecord.dead)
+        out = LedgerSummary()
+        with self._session() as s:
+            for state, dead, count, oldest in s.execute(query):
+                if state == "pending":
+                    out.pending += count
+                    if oldest is not None:
+                        oldest = UTCDateTime().process_result_value(oldest, self.engine.dialect)
+                        if out.oldest_pending_at is None or oldest < out.oldest_pending_at:
+                            out.oldest_pending_at = oldest
+                elif state == "sent":
+                    out.sent += count
+                else:
+                    out.failed += count
+                    if dead:
+                        out.dead_letter += count
+        return out

@@ -37,6 +37,13 @@ class AlarmNotification(BaseModel):
     annotated_jpeg: bytes
     original: bytes | None = None
     original_name: str | None = None
+    # Added by routing and grouping (all optional: a bare notification is a new, ungrouped alarm).
+    site: str | None = None
+    timezone: str | None = None  # IANA zone of the camera: times are shown in it
+    kind: Literal["new", "update", "escalation", "summary", "end"] = "new"
+    incident_id: str | None = None
+    incident_alarms: int = 1  # alarms in the incident so far, this one included
+    note: str = ""  # one line shown first (update / escalation / rate-limit summary)
 
 
 def _digest(key: str) -> str:
@@ -46,6 +53,21 @@ def _digest(key: str) -> str:
 def utc_time(n: AlarmNotification) -> datetime:
     # A naive time is taken as UTC (the pipeline stores UTC).
     return n.time.replace(tzinfo=UTC) if n.time.tzinfo is None else n.time.astimezone(UTC)
+
+
+def local_time(n: AlarmNotification) -> datetime:
+    """The alarm time in the camera's time zone (UTC when none is configured)."""
+    t = utc_time(n)
+    if n.timezone:
+        from zoneinfo import ZoneInfo
+
+        return t.astimezone(ZoneInfo(n.timezone))
+    return t
+
+
+def _when(n: AlarmNotification) -> str:
+    t = local_time(n)
+    return t.strftime("%Y-%m-%d %H:%M:%S ") + (t.tzname() or "UTC")
 
 
 def message_id(key: str, sender: str = "") -> str:
@@ -74,15 +96,18 @@ def _object_line(o: dict[str, Any]) -> str:
 def subject(n: AlarmNotification) -> str:
     labels = _labels(n)
     what = f" {', '.join(labels[:3])}{' …' if len(labels) > 3 else ''}" if labels else ""
-    when = utc_time(n).strftime("%Y-%m-%d %H:%M:%S UTC")
-    return f"[alarmsieve] {n.verdict.upper()}{what} on {n.camera} at {when}"
+    prefix = {"new": "", "update": "UPDATE ", "escalation": "ESCALATION ", "summary": "SUMMARY ", "end": "END "}[n.kind]
+    where = f"{n.camera} ({n.site})" if n.site else n.camera
+    return f"[alarmsieve] {prefix}{n.verdict.upper()}{what} on {where} at {_when(n)}"
 
 
 def render_text(n: AlarmNotification) -> str:
     lines = [
+        *([n.note, ""] if n.note else []),
         f"Verdict: {n.verdict.upper()}",
         f"Camera:  {n.camera}",
-        f"Time:    {utc_time(n).isoformat()}",
+        *([f"Site:    {n.site}"] if n.site else []),
+        f"Time:    {local_time(n).isoformat()} ({_when(n)})",
         f"Alarm:   {n.alarm_path}",
         "",
         "Objects:",
@@ -94,6 +119,7 @@ def render_text(n: AlarmNotification) -> str:
         f"Rules version: {n.rules_version}",
         f"Model:         {n.model}",
         f"Key:           {n.key}",
+        *([f"Incident:      {n.incident_id} ({n.incident_alarms} alarm(s))"] if n.incident_id else []),
     ]
     return "\n".join(lines) + "\n"
 
@@ -105,10 +131,12 @@ def render_html(n: AlarmNotification, cid: str | None = None) -> str:
     reasons = "".join(f"<li>{e(r)}</li>" for r in n.reasons) or "<li>(none)</li>"
     return (
         "<!DOCTYPE html><html><body>"
-        f"<h2>{e(n.verdict.upper())} on {e(n.camera)}</h2>"
+        + (f"<p><b>{e(n.note)}</b></p>" if n.note else "")
+        + f"<h2>{e(n.verdict.upper())} on {e(n.camera)}</h2>"
         "<table>"
         f"<tr><th align='left'>Camera</th><td>{e(n.camera)}</td></tr>"
-        f"<tr><th align='left'>Time</th><td>{e(utc_time(n).isoformat())}</td></tr>"
+        + (f"<tr><th align='left'>Site</th><td>{e(n.site)}</td></tr>" if n.site else "")
+        + f"<tr><th align='left'>Time</th><td>{e(local_time(n).isoformat())} ({e(_when(n))})</td></tr>"
         f"<tr><th align='left'>Verdict</th><td>{e(n.verdict.upper())}</td></tr>"
         f"<tr><th align='left'>Alarm</th><td>{e(n.alarm_path)}</td></tr>"
         "</table>"

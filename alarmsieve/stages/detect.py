@@ -1,6 +1,8 @@
 """Stage ``detect``: YOLOX-Nano on every usable alarm image; writes detections and an annotated JPEG.
 
-Input: ``validate`` repo, one alarm folder per datum. The model is loaded once per worker. A detector
+Input: ``validate`` repo, one alarm folder per datum. The model is loaded once per worker. Tiled
+inference (``--tiling auto|on|off``, ``--tile-cameras cam-a,cam-b``; see ``vision.tiling``) adds
+overlapping tiles to the whole frame for small, distant people. A detector
 error is recorded as ``detector_error`` (judged ``review`` downstream, never dismissed).
 """
 
@@ -13,6 +15,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from pydantic import ValidationError
 
 from alarmsieve.stages.alarms import alarm_folders, pass_through, read_record, write_record
 from alarmsieve.stages.base import DatumContext, Stage, StageServices, StageUsageError, fault_point
@@ -28,6 +31,7 @@ from alarmsieve.stages.records import (
 from alarmsieve.vision.annotate import annotate, encode_jpeg
 from alarmsieve.vision.detector import create_detector
 from alarmsieve.vision.models import CATALOGUE, locate_model
+from alarmsieve.vision.tiling import TiledDetector, TilingConfig
 
 THREAT_HIGHLIGHT = {"person", "car", "truck", "bus", "motorcycle", "bicycle"}
 
@@ -42,6 +46,19 @@ class DetectStage(Stage):
         parser.add_argument("--score-threshold", type=float, default=0.25)
         parser.add_argument("--nms-iou", type=float, default=0.45)
         parser.add_argument("--threads", type=int, default=1)
+        parser.add_argument(
+            "--tiling",
+            choices=["auto", "on", "off"],
+            default="off",
+            help="whole frame + overlapping tiles: on, off, auto (longer side >= --tile-auto-min-side)",
+        )
+        parser.add_argument("--tile-cameras", default="", help="comma-separated camera ids always tiled")
+        parser.add_argument("--tile-size", type=int, default=None, help="tile side in pixels (default: model input)")
+        parser.add_argument("--tile-overlap", type=float, default=0.2, help="overlap of neighbour tiles, 0..0.9")
+        parser.add_argument(
+            "--tile-max", type=int, default=2, help="at most this many tiles (tiles grow to fit); 0: no cap"
+        )
+        parser.add_argument("--tile-auto-min-side", type=int, default=1000)
         try:
             opts = parser.parse_args(args)
         except (argparse.ArgumentError, SystemExit) as exc:
@@ -59,9 +76,27 @@ class DetectStage(Stage):
             "onnx", model=model, score_threshold=opts.score_threshold, nms_iou=opts.nms_iou, threads=opts.threads
         )
         self.model_ref = ModelRef(name=model.entry.name, sha256=model.sha256)
+        try:
+            self.tiling = TilingConfig(
+                mode=opts.tiling,
+                cameras=opts.tile_cameras.split(","),
+                tile_size=opts.tile_size,
+                overlap=opts.tile_overlap,
+                max_tiles=opts.tile_max or None,
+                auto_min_side=opts.tile_auto_min_side,
+                nms_iou=opts.nms_iou,
+            )
+        except ValidationError as exc:
+            raise StageUsageError(f"detect: bad tiling arguments {args}: {exc}") from exc
+        self.tiled = TiledDetector(self.detector, self.tiling)
 
     def identity(self) -> dict[str, str]:
-        return {**super().identity(), "model": self.model_ref.name, "model_sha256": self.model_ref.sha256}
+        ids = {**super().identity(), "model": self.model_ref.name, "model_sha256": self.model_ref.sha256}
+        if self.tiling.mode != "off" or self.tiling.cameras:
+            ids["tiling"] = self.tiling.mode + (
+                f" cameras {','.join(self.tiling.cameras)}" if self.tiling.cameras else ""
+            )
+        return ids
 
     def process(self, ctx: DatumContext) -> None:
         for folder, rel in alarm_folders(ctx, META_FILE):
@@ -88,17 +123,19 @@ class DetectStage(Stage):
         try:
             image = _read_bgr(folder / meta.image_file)
             started = time.perf_counter()
-            found = self.detector.detect(image)
+            found = self.tiled.detect(image, camera=meta.camera)
             elapsed = (time.perf_counter() - started) * 1000
+            tiles = self.tiled.last_tiles
         except Exception as exc:  # the verdict becomes `review`: a failed detector never dismisses
             ctx.log.exception("detector failed on %s", meta.alarm)
             record = DetectionsRecord(**base, status="detector_error", reason=f"detector failed: {exc}")
             return record, image
         ctx.log.info(
-            "alarm %s: %s in %.1f ms",
+            "alarm %s: %s in %.1f ms%s",
             meta.alarm,
             ", ".join(f"{d.label} {d.score:.2f}" for d in found) or "nothing",
             elapsed,
+            f" (whole frame + {tiles} tiles)" if tiles else "",
         )
         record = DetectionsRecord(
             **base,

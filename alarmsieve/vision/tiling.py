@@ -1,0 +1,194 @@
+"""Tiled inference for small, distant objects: the whole frame plus overlapping tiles, merged by NMS.
+
+The model sees a 416-pixel square. A 1920x1080 frame shrinks 4.6x to fit it, and a person covering
+1 % of a 640x480 frame is then a dozen pixels tall. Tiling runs the detector on the whole frame (for
+large objects) and on overlapping tiles (for small ones, at or near native resolution), maps every
+tile box back to frame pixels and merges the lot with class-aware NMS. A box cut by a tile's inner
+edge is dropped when most of it lies inside a same-label box found elsewhere (the whole-frame box of
+the same person), so one object gives one box.
+
+``TilePlan`` decides the layout; ``TiledDetector`` wraps any ``DetectorBackend``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import cv2
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from alarmsieve.vision.detector import Detection, DetectorBackend, check_bgr
+
+TilingMode = Literal["auto", "on", "off"]
+_EDGE_PX = 2.0  # a tile box within this many pixels of an inner tile edge is "cut" by the tile
+
+
+class TilingConfig(BaseModel):
+    """How to tile. ``tile_size`` is the tile side in frame pixels (None: the model's input size, i.e. native
+    resolution); ``max_tiles`` caps the tile count by growing the tiles (each tile then shrinks a little
+    to fit the model), which bounds the cost at ``max_tiles + 1`` passes; ``auto_min_side``: in ``auto``
+    mode, tile frames whose longer side is at least this many pixels."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: TilingMode = "off"
+    cameras: list[str] = []
+    tile_size: int | None = Field(default=None, ge=64)
+    overlap: float = Field(default=0.2, ge=0.0, lt=0.9)
+    max_tiles: int | None = Field(default=2, ge=1)
+    auto_min_side: int = Field(default=1000, ge=1)
+    nms_iou: float = Field(default=0.45, gt=0.0, le=1.0)
+    contain: float = Field(default=0.6, gt=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _cameras_need_no_mode(self) -> TilingConfig:
+        self.cameras = [c.strip() for c in self.cameras if c.strip()]
+        return self
+
+    def wanted(self, camera: str | None, width: int, height: int) -> bool:
+        """Whether a frame of this camera and size is tiled."""
+        if camera is not None and camera in self.cameras:
+            return True
+        if self.mode == "on":
+            return True
+        if self.mode == "auto":
+            return max(width, height) >= self.auto_min_side
+        return False
+
+
+def _starts(length: int, tile: int, overlap_px: int) -> list[int]:
+    if length <= tile:
+        return [0]
+    n = math.ceil((length - overlap_px) / max(1, tile - overlap_px))
+    n = max(n, 2)
+    return [round(i * (length - tile) / (n - 1)) for i in range(n)]
+
+
+def plan_tiles(
+    width: int, height: int, *, tile_size: int, overlap: float = 0.2, max_tiles: int | None = None
+) -> list[tuple[int, int, int, int]]:
+    """Tiles (x1, y1, x2, y2) covering the frame, neighbours overlapping by ``overlap`` of a tile side.
+
+    With ``max_tiles`` the tile side grows (in steps of 32 px) until the count fits. A frame no larger
+    than one tile gives a single tile: the whole frame, which tiling then adds nothing to.
+    """
+    if width < 1 or height < 1:
+        raise ValueError(f"frame size must be positive, got {width}x{height}")
+    if tile_size < 1:
+        raise ValueError(f"tile_size must be positive, got {tile_size}")
+    size = tile_size
+    while True:
+        tw, th = min(size, width), min(size, height)
+        xs = _starts(width, tw, int(tw * overlap))
+        ys = _starts(height, th, int(th * overlap))
+        if max_tiles is None or len(xs) * len(ys) <= max_tiles or size >= max(width, height):
+            return [(x, y, x + tw, y + th) for y in ys for x in xs]
+        size += 32
+
+
+def _area(box: np.ndarray) -> np.ndarray:
+    return np.clip(box[..., 2] - box[..., 0], 0, None) * np.clip(box[..., 3] - box[..., 1], 0, None)
+
+
+class TiledDetector(DetectorBackend):
+    """Any detector, run on the whole frame and on overlapping tiles; class-aware NMS merges the boxes."""
+
+    def __init__(self, base: DetectorBackend, config: TilingConfig | None = None, *, input_size: int | None = None):
+        self.base = base
+        self.config = config or TilingConfig(mode="on")
+        self.model_name = base.model_name
+        self.model_sha256 = base.model_sha256
+        self.input_size = input_size or int(getattr(base, "input_size", 416))
+        self.last_tiles = 0  # tiles run on the last frame (0: not tiled)
+
+    def tiles_for(self, width: int, height: int) -> list[tuple[int, int, int, int]]:
+        c = self.config
+        return plan_tiles(
+            width, height, tile_size=c.tile_size or self.input_size, overlap=c.overlap, max_tiles=c.max_tiles
+        )
+
+    def detect(self, image_bgr: np.ndarray, camera: str | None = None) -> list[Detection]:
+        check_bgr(image_bgr)
+        h, w = image_bgr.shape[:2]
+        whole = self.base.detect(image_bgr)
+        if not self.config.wanted(camera, w, h):
+            self.last_tiles = 0
+            return whole
+        tiles = self.tiles_for(w, h)
+        if len(tiles) == 1 and tiles[0] == (0, 0, w, h):
+            self.last_tiles = 0
+            return whole
+        self.last_tiles = len(tiles)
+        found: list[tuple[Detection, bool]] = [(d, False) for d in whole]
+        for x1, y1, x2, y2 in tiles:
+            for d in self.base.detect(np.ascontiguousarray(image_bgr[y1:y2, x1:x2])):
+                bx1, by1, bx2, by2 = d.box
+                cut = (
+                    (x1 > 0 and bx1 <= _EDGE_PX)
+                    or (y1 > 0 and by1 <= _EDGE_PX)
+                    or (x2 < w and bx2 >= (x2 - x1) - _EDGE_PX)
+                    or (y2 < h and by2 >= (y2 - y1) - _EDGE_PX)
+                )
+                box = (bx1 + x1, by1 + y1, bx2 + x1, by2 + y1)
+                found.append((d.model_copy(update={"box": tuple(round(v, 2) for v in box)}), cut))
+        return merge_detections(found, nms_iou=self.config.nms_iou, contain=self.config.contain)
+
+
+def _inside(a: np.ndarray, b: np.ndarray) -> float:
+    """The share of box ``a`` that lies inside box ``b``."""
+    inter = np.array([max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])])
+    return float(_area(inter)) / (float(_area(a)) or 1.0)
+
+
+def _nms(dets: list[Detection], nms_iou: float) -> list[int]:
+    """Indices kept by class-aware NMS, highest score first."""
+    if not dets:
+        return []
+    xywh = np.array([d.box for d in dets], dtype=np.float64)
+    xywh[:, 2:] -= xywh[:, :2]
+    scores = np.array([d.score for d in dets], dtype=np.float32)
+    classes = np.array([d.class_id for d in dets], dtype=np.int32)
+    picked = cv2.dnn.NMSBoxesBatched(xywh, scores, classes, 0.0, nms_iou)
+    idx = np.asarray(picked, dtype=np.int64).reshape(-1)
+    return [int(i) for i in idx[np.argsort(-scores[idx], kind="stable")]]
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    inter = float(_area(np.array([max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])])))
+    union = float(_area(a)) + float(_area(b)) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def merge_detections(
+    found: list[tuple[Detection, bool]], *, nms_iou: float = 0.45, contain: float = 0.6
+) -> list[Detection]:
+    """Merge (detection, cut-by-a-tile-edge) pairs from the whole frame and the tiles.
+
+    Whole boxes (not cut by a tile edge) go through class-aware NMS first. A cut box is the part of an
+    object that a tile shows: it is absorbed by a kept box of its label that it overlaps by
+    ``nms_iou`` (IoU) or lies inside by ``contain`` (the kept box takes the higher of the two scores:
+    the fragment is evidence of the same object); cut boxes left over go through NMS among themselves
+    and are kept. Highest score first."""
+    whole = [d for d, cut in found if not cut]
+    kept = [whole[i] for i in _nms(whole, nms_iou)]
+    kept_boxes = [np.array(d.box, dtype=np.float64) for d in kept]
+    scores = [d.score for d in kept]
+    cuts = [d for d, cut in found if cut]
+    extra: list[Detection] = []
+    for i in _nms(cuts, nms_iou):
+        frag = cuts[i]
+        box = np.array(frag.box, dtype=np.float64)
+        absorbed = False
+        for j, other in enumerate(kept):
+            if other.class_id == frag.class_id and (
+                _iou(box, kept_boxes[j]) >= nms_iou or _inside(box, kept_boxes[j]) >= contain
+            ):
+                scores[j] = max(scores[j], frag.score)
+                absorbed = True
+                break
+        if not absorbed:
+            extra.append(frag)
+    merged = [d if d.score == s else d.model_copy(update={"score": s}) for d, s in zip(kept, scores, strict=True)]
+    return sorted(merged + extra, key=lambda d: -d.score)
