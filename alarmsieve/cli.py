@@ -35,6 +35,14 @@ get_app = typer.Typer(help="Get a file out of a repo.", no_args_is_help=True)
 diff_app = typer.Typer(help="Show what changed between commits.", no_args_is_help=True)
 validate_app = typer.Typer(help="Check a pipeline spec without creating it.", no_args_is_help=True)
 update_app = typer.Typer(help="Update a pipeline to a new version.", no_args_is_help=True)
+delete_app = typer.Typer(
+    help="Delete a pipeline, repo or commit (refuses when something depends on it).", no_args_is_help=True
+)
+stop_app = typer.Typer(help="Stop (pause) a pipeline.", no_args_is_help=True)
+start_app = typer.Typer(help="Start (resume) a stopped pipeline.", no_args_is_help=True)
+restart_app = typer.Typer(help="Run datums again.", no_args_is_help=True)
+rerun_app = typer.Typer(help="Run a job's failed datums again.", no_args_is_help=True)
+export_app = typer.Typer(help="Export pipelines in another system's format.", no_args_is_help=True)
 for name, sub in [
     ("create", create_app),
     ("list", list_app),
@@ -44,6 +52,12 @@ for name, sub in [
     ("diff", diff_app),
     ("validate", validate_app),
     ("update", update_app),
+    ("delete", delete_app),
+    ("stop", stop_app),
+    ("start", start_app),
+    ("restart", restart_app),
+    ("rerun", rerun_app),
+    ("export", export_app),
 ]:
     app.add_typer(sub, name=name)
 
@@ -159,7 +173,7 @@ def create_pipeline(
     """Create pipelines from a Pachyderm spec file."""
     ws = workspace()
     for spec in _read_specs(file):
-        version, what = ws.pps.create_pipeline(spec)
+        version, what = ws.pps.create_pipeline(spec, identity=ws.stage_identity(spec))
         console.print(f"pipeline {spec.name}: {what} (version {version})")
 
 
@@ -171,8 +185,13 @@ def update_pipeline(
     """Update pipelines to the spec in FILE; only new data meets the new version unless --reprocess."""
     ws = workspace()
     for spec in _read_specs(file):
-        version, what = ws.pps.create_pipeline(spec, update=True, reprocess=reprocess)
-        note = "same spec as the current version: nothing changed" if what == "unchanged" else what
+        identity = ws.stage_identity(spec)
+        version, what = ws.pps.create_pipeline(spec, update=True, reprocess=reprocess, identity=identity)
+        note = (
+            "unchanged: same spec, stage code and model as the current version; no new version, nothing reprocessed"
+            if what == "unchanged"
+            else what
+        )
         console.print(f"pipeline {spec.name}: {note} (version {version})")
 
 
@@ -372,12 +391,37 @@ def list_pipeline(as_json: JsonFlag = False) -> None:
 
 
 @inspect_app.command("pipeline")
-def inspect_pipeline(name: str, as_json: JsonFlag = False) -> None:
-    """Show a pipeline: spec, version, state and last job."""
-    info = workspace().pps.inspect_pipeline(name)
+def inspect_pipeline(
+    name: str,
+    as_json: JsonFlag = False,
+    diff: Annotated[
+        str | None, typer.Option("--diff", help="OLD[:NEW] versions to diff (default: the last two)")
+    ] = None,
+) -> None:
+    """Show a pipeline: spec, version, state, last job, version history and the diff of the last change."""
+    ws = workspace()
+    info = ws.pps.inspect_pipeline(name)
+    versions = ws.pps.versions(name)
+    if diff:
+        old_text, _, new_text = diff.partition(":")
+        if not old_text.isdigit() or (new_text and not new_text.isdigit()):
+            fail(f"--diff {diff!r}: give version numbers, e.g. --diff 1:3 or --diff 2", 2)
+        old_v, new_v = int(old_text), int(new_text) if new_text else info.version
+    else:
+        old_v, new_v = max(1, info.version - 1), info.version
+    diff_text = ws.pps.version_diff(name, old_v, new_v) if old_v != new_v else ""
     if as_json:
-        return emit_json([info])
+        data = info.model_dump(mode="json")
+        data["versions"] = [v.model_dump(mode="json", exclude={"spec"}) for v in versions]
+        data["diff"] = diff_text
+        return emit_json([data])
     console.print(f"[bold]Pipeline:[/] {info.name}  version {info.version}  state {info.state}", highlight=False)
+    if info.reason:
+        console.print(f"[bold]Reason:[/] {info.reason}", highlight=False)
+    if info.identity:
+        console.print(
+            "[bold]Identity:[/] " + ", ".join(f"{k}={v}" for k, v in sorted(info.identity.items())), highlight=False
+        )
     console.print(f"[bold]Input:[/] {', '.join(info.input_repos)}  glob {', '.join(info.glob)}", highlight=False)
     console.print(f"[bold]Workers:[/] {info.parallelism}", highlight=False)
     if info.last_job:
@@ -386,6 +430,14 @@ def inspect_pipeline(name: str, as_json: JsonFlag = False) -> None:
             f"[bold]Last job:[/] {j.id} {j.state} processed {j.processed} skipped {j.skipped} failed {j.failed}",
             highlight=False,
         )
+    console.print("[bold]History:[/]", highlight=False)
+    for v in versions:
+        console.print(f"  v{v.version}  {v.created_at.isoformat(timespec='seconds')}  {v.cause}", highlight=False)
+    if diff_text:
+        console.print(f"[bold]Diff v{old_v} -> v{new_v}:[/]", highlight=False)
+        console.print(diff_text, highlight=False, markup=False)
+    elif old_v != new_v:
+        console.print(f"[bold]Diff v{old_v} -> v{new_v}:[/] same spec and identity (a new datum salt)", highlight=False)
     console.print_json(json.dumps(info.spec))
 
 
@@ -442,11 +494,15 @@ def inspect_job(job_id: str, as_json: JsonFlag = False) -> None:
 @list_app.command("datum")
 def list_datum(
     target: Annotated[str, typer.Argument(help="PIPELINE[@JOB] (default: the pipeline's last job)")],
+    state: Annotated[
+        str | None, typer.Option("--state", help="only datums in this state (success, failed, recovered)")
+    ] = None,
+    limit: Annotated[int | None, typer.Option("--limit", "-n", help="at most this many")] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """List the datums a job processed, with state, attempts and failure reason."""
     pipeline, _, job = target.partition("@")
-    datums = workspace().pps.list_datums(pipeline, job or None)
+    datums = workspace().pps.list_datums(pipeline, job or None, state=state, limit=limit)
     if as_json:
         return emit_json(datums)
     table = Table("DATUM", "STATE", "ATTEMPTS", "INPUT", "TIME", "REASON", box=None)
@@ -461,12 +517,32 @@ def logs(
     pipeline: Annotated[str | None, typer.Option("--pipeline", "-p")] = None,
     job: Annotated[str | None, typer.Option("--job", "-j")] = None,
     datum: Annotated[str | None, typer.Option("--datum", "-d")] = None,
+    worker: Annotated[str | None, typer.Option("--worker", "-w", help="worker id (or a prefix)")] = None,
+    since: Annotated[str | None, typer.Option("--since", help="ISO time or 30m / 2h / 7d")] = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing new lines (Ctrl-C to stop)")] = False,
+    tail: Annotated[int, typer.Option("--tail", "-n", help="at most this many lines (newest) before following")] = 0,
 ) -> None:
-    """Print stored log lines as JSON, each with its pipeline, job, datum and worker ids."""
-    if not (pipeline or job or datum):
-        fail("give --pipeline, --job or --datum", 2)
-    for line in workspace().pps.logs(pipeline, job, datum):
-        sys.stdout.write(json.dumps(line.model_dump(mode="json")) + "\n")
+    """Print log lines as JSON, each with its pipeline, job, datum and worker ids (the stages' prints too)."""
+    if not (pipeline or job or datum or worker or since or follow):
+        fail("give --pipeline, --job, --datum, --worker, --since or --follow", 2)
+    pps = workspace().pps
+    when = parse_since(since)
+    lines = pps.logs(pipeline, job, datum, worker=worker, since=when)
+    if tail:
+        lines = lines[-tail:]
+    last_id = 0
+    try:
+        while True:
+            for line in lines:
+                sys.stdout.write(json.dumps(line.model_dump(mode="json", exclude={"id"})) + "\n")
+                last_id = max(last_id, line.id)
+            sys.stdout.flush()
+            if not follow:
+                return
+            time.sleep(0.5)
+            lines = pps.logs(pipeline, job, datum, worker=worker, since=when, after_id=last_id)
+    except KeyboardInterrupt:
+        return
 
 
 class _RichProgress:
@@ -520,9 +596,16 @@ def run(as_json: JsonFlag = False) -> None:
 def serve(
     interval: Annotated[float, typer.Option(help="seconds between looks for new commits")] = 1.0,
     once: Annotated[bool, typer.Option(help="stop after the first idle point (for scripts)")] = False,
+    http: Annotated[bool, typer.Option("--http", help="also serve the HTTP API, dashboard and /metrics")] = False,
+    host: Annotated[str, typer.Option(help="address the HTTP server listens on (with --http)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port of the HTTP server (with --http; 0: any free port)")] = 8080,
 ) -> None:
-    """Stay up and process new commits as they land (Ctrl-C to stop)."""
+    """Stay up and process new commits as they land (Ctrl-C to stop); --http also serves the API."""
     ws = workspace()
+    if http:
+        if once:
+            fail("--once and --http do not go together: the HTTP server stays up until Ctrl-C", 2)
+        return _serve_http(ws, interval, host, port)
     console.print(f"serving {ws.home}; watching for new commits every {interval}s")
     with ws.runner(wait=False) as runner:
         try:
@@ -534,6 +617,39 @@ def serve(
                 time.sleep(interval)
         except KeyboardInterrupt:
             console.print("stopped")
+
+
+def _serve_http(ws: Any, interval: float, host: str, port: int) -> None:
+    """uvicorn in this thread (it handles Ctrl-C); the runner loop in a background thread."""
+    import uvicorn
+
+    from alarmsieve.api.app import create_app
+    from alarmsieve.api.server import PipelineLoop, bind_socket
+
+    try:
+        sock = bind_socket(host, port)
+    except OSError as exc:
+        fail(f"cannot listen on {host}:{port} ({exc.strerror}); choose another --port or stop what uses it")
+    loop = PipelineLoop(ws, interval=interval)
+    app_ = create_app(ws, loop=loop)
+    loop.start(
+        report=lambda job: console.print(f"{job.pipeline} job {job.id}: {job.state} ({job.processed} processed)")
+    )
+    bound = sock.getsockname()
+    console.print(
+        f"serving {ws.home}; HTTP API on http://{host}:{bound[1]}/api/v1 (dashboard /review, metrics /metrics); "
+        f"runner watching every {interval}s",
+        highlight=False,
+    )
+    server = uvicorn.Server(uvicorn.Config(app_, log_level="warning", access_log=False))
+    try:
+        server.run(sockets=[sock])  # re-raises Ctrl-C as KeyboardInterrupt once it has shut down
+    except KeyboardInterrupt:
+        pass
+    finally:
+        loop.stop()
+        sock.close()
+        console.print("stopped")
 
 
 # ---- verdicts and evaluation -----------------------------------------------------------------------

@@ -19,9 +19,12 @@ from alarmsieve.migrations import upgrade
 from alarmsieve.pfs.api import Pfs
 from alarmsieve.pfs.objects import open_object_store
 from alarmsieve.pps.api import Pps
+from alarmsieve.pps.ops import Operations
 from alarmsieve.pps.runner import JobProgress, Runner, RuntimePaths
-from alarmsieve.pps.spec import load_spec_file
+from alarmsieve.pps.spec import PipelineSpec, load_spec_file
 from alarmsieve.rules.schema import DEFAULT_RULES_YAML
+from alarmsieve.stages.base import StageServices
+from alarmsieve.stages.registry import build_stage, builtin_stage_of
 
 DEFAULT_REPOS = ("images", "rules")
 RULES_FILE = "/default.yaml"
@@ -51,6 +54,7 @@ class Workspace:
         upgrade(self.catalog_url)
         self.pfs = Pfs(self.catalog_url, open_object_store(self.settings.resolved_object_store))
         self.pps = Pps(self.pfs)
+        self.ops = Operations(self.pps)
 
     @property
     def outbox(self) -> Path:
@@ -87,6 +91,27 @@ class Workspace:
                 pending.remove(spec)
         return done
 
+    def stage_identity(self, spec: PipelineSpec) -> dict[str, str] | None:
+        """What a worker of ``spec`` would report (stage code version, model sha256), or None if unknown.
+
+        Built-in stages are built here once (the detector loads its model) so that ``update pipeline``
+        can tell a changed stage or model from an unchanged one before any worker starts. A stage that
+        cannot be built now (model missing) gives None: its workers report it when they start.
+        """
+        builtin = builtin_stage_of(spec.transform.cmd)
+        if builtin is None:
+            return {"cmd": " ".join(spec.transform.cmd)}
+        services = StageServices(
+            workspace=self.home,
+            catalog_url=self.catalog_url,
+            model_dir=self.settings.model_dir,
+            model_cache=self.settings.model_cache,
+        )
+        try:
+            return build_stage(builtin[0], builtin[1], services).identity()
+        except Exception:
+            return None
+
     def runtime_paths(self) -> RuntimePaths:
         return RuntimePaths(
             home=self.home,
@@ -95,6 +120,20 @@ class Workspace:
             model_dir=self.settings.model_dir,
             model_cache=self.settings.model_cache,
         )
+
+    def runner_holder(self) -> str | None:
+        """Who holds the runner lock ("pid N"), or None when no runner is up."""
+        lock_path = self.home / "runner.lock"
+        if not lock_path.exists():
+            return None
+        with open(lock_path, "a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                return handle.read().strip() or "another process"
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            return None
 
     @contextlib.contextmanager
     def runner(self, progress: JobProgress | None = None, *, wait: bool = False) -> Iterator[Runner]:

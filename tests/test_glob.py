@@ -283,3 +283,37 @@ def test_matches_agrees_with_fnmatch_per_segment(segments: list[str], path: list
     expected = len(segments) == len(path) and all(fnmatchcase(p, s) for p, s in zip(path, segments, strict=True))
     for is_dir in (True, False):
         assert glob.matches("/" + "/".join(path), is_dir=is_dir) is expected
+
+
+# ---- capture groups (join_on / group_by) ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("pattern", "path", "groups"),
+    [
+        ("/(*)/(*).jpg", "/cam-1/0001.jpg", ("cam-1", "0001")),
+        ("/STOREID(*).txt", "/STOREID7.txt", ("7",)),
+        ("/*_STOREID(*).txt", "/42_STOREID7.txt", ("7",)),
+        ("/(?)(*)", "/abc", ("a", "bc")),
+        ("/([a-c]*)", "/beta", ("beta",)),
+        ("/{x,(y*)}", "/yz", ("yz",)),
+        ("/{x,(y*)}", "/x", ()),  # groups are those of the alternative that matched
+        ("/*", "/plain", ()),
+        ("/(*)", "/a/b", None),  # no match at that depth
+    ],
+)
+def test_captures(pattern: str, path: str, groups: tuple[str, ...] | None) -> None:
+    assert compile_glob(pattern).captures(path) == groups
+
+
+def test_expand_fills_dollar_groups_like_pachyderm() -> None:
+    glob = compile_glob("/(*)/(*).jpg")
+    assert glob.expand("$1", "/cam-1/x.jpg") == "cam-1"
+    assert glob.expand("${2}-$1", "/cam-1/x.jpg") == "x-cam-1"
+    assert glob.expand("$3", "/cam-1/x.jpg") == ""  # a group that does not exist is empty
+
+
+def test_groups_do_not_change_what_matches() -> None:
+    with_groups, without = compile_glob("/(cam-*)/(*)"), compile_glob("/cam-*/*")
+    for path in ["/cam-1/a", "/cam-1/a/b", "/other/a", "/cam-2/x/y/z"]:
+        assert with_groups.datum_root(path) == without.datum_root(path)

@@ -38,14 +38,14 @@ SCHEMAS = SHARED / "pachyderm" / "schema"
 PARSES = "parses"
 REFUSED = "refused"
 EXAMPLE_OUTCOMES: dict[str, tuple[str, Any]] = {
-    "group__retail__retail_group.pipeline.json": (REFUSED, "input.group"),
-    "joins__inner__inner_join.pipeline.json": (REFUSED, "input.join"),
-    "joins__outer__outer_join.pipeline.json": (REFUSED, "input.join"),
+    "group__retail__retail_group.pipeline.json": (PARSES, ["group_store_revenue"]),
+    "joins__inner__inner_join.pipeline.json": (PARSES, ["inner_join"]),
+    "joins__outer__outer_join.pipeline.json": (PARSES, ["outer_join"]),
     "ml__tensorflow__training_and_export_gpu.pipeline.json": (REFUSED, "resourceLimits"),  # document 1 of 2
     "opencv__edges-union.pipeline.json": (REFUSED, "input.union[1].pfs.project"),  # project "staging"
     "opencv__edges.pipeline.json": (PARSES, ["edges"]),
     "opencv__montage.pipeline.json": (PARSES, ["montage"]),
-    "scraper__scraper.cron-cross.pipeline.json": (REFUSED, "transform.acceptReturnCode"),  # and the cron
+    "scraper__scraper.cron-cross.pipeline.json": (REFUSED, "transform.acceptReturnCode"),
     "spouts__spout101__spout.pipeline.json": (REFUSED, "spout"),
     "v1.6.0__opencv__edges.atom.json": (PARSES, ["edges"]),
     "v1.6.0__opencv__montage.atom-cross.json": (PARSES, ["montage"]),
@@ -362,7 +362,6 @@ def test_both_spellings_of_one_field_are_refused() -> None:
         (minimal(s3Out=True), "s3Out"),
         (minimal(resourceLimits={"cpu": 2}), "resourceLimits"),
         (minimal(sidecar_resource_limits={"memory": "1G"}), "sidecarResourceLimits"),
-        (minimal(reprocessSpec="every_job"), "reprocessSpec"),
         (minimal(autoscaling=True), "autoscaling"),
         (minimal(standby=True), "standby"),
         (minimal(schedulingSpec={"nodeSelector": {"gpu": "yes"}}), "schedulingSpec"),
@@ -375,13 +374,13 @@ def test_both_spellings_of_one_field_are_refused() -> None:
         (minimal(enable_stats=True), "enableStats"),
         (minimal(pipeline={"name": "detect", "project": {"name": "research"}}), "pipeline.project"),
         (minimal(transform={"cmd": ["x"], "secrets": [{"name": "s"}]}), "transform.secrets"),
-        (minimal(transform={"cmd": ["x"], "err_cmd": ["y"]}), "transform.errCmd"),
         (minimal(transform={"cmd": ["x"], "workingDir": "/app"}), "transform.workingDir"),
         (minimal(transform={"cmd": ["x"], "acceptReturnCode": [1]}), "transform.acceptReturnCode"),
         (minimal(transform={"cmd": ["x"], "user": "root"}), "transform.user"),
-        (minimal(input={"cron": {"name": "tick", "spec": "@every 1m"}}), "input.cron"),
-        (minimal(input={"join": [{"pfs": {"repo": "a", "glob": "/(*)", "joinOn": "$1"}}]}), "input.join"),
-        (minimal(input={"group": [{"pfs": {"repo": "a", "glob": "/(*)", "groupBy": "$1"}}]}), "input.group"),
+        (
+            minimal(input={"cron": {"name": "tick", "spec": "@every 1m", "start": "2026-01-01T00:00:00Z"}}),
+            "input.cron.start",
+        ),
         (minimal(input={"pfs": {"repo": "a", "glob": "/*", "lazy": True}}), "input.pfs.lazy"),
         (minimal(input={"pfs": {"repo": "a", "glob": "/*", "empty_files": True}}), "input.pfs.emptyFiles"),
         (minimal(input={"pfs": {"repo": "a", "glob": "/*", "commit": "abc"}}), "input.pfs.commit"),
@@ -472,7 +471,7 @@ def test_resource_requests_are_informational() -> None:
         (minimal(datumTries="3"), "datumTries", "must be an integer, got a string"),
         (minimal(description=5), "description", "must be a string"),
         (minimal(input={"cross": []}), "input.cross", "needs at least one input"),
-        (minimal(input={}), "input", "exactly one of `pfs`, `cross`, `union`; got none"),
+        (minimal(input={}), "input", "exactly one of `pfs`, `cross`, `union`, `join`, `group`; got none"),
         (
             minimal(input={"pfs": {"repo": "a", "glob": "/"}, "union": [{"pfs": {"repo": "b", "glob": "/"}}]}),
             "input",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import uuid
 from collections import defaultdict, deque
@@ -20,16 +21,27 @@ class PpsError(Exception):
     """A PPS request that cannot be done; the message says why and what to do."""
 
 
+class VersionInfo(BaseModel):
+    version: int
+    created_at: datetime
+    cause: str
+    fingerprint: str
+    identity: dict[str, str]
+    spec: dict
+
+
 class PipelineInfo(BaseModel):
     name: str
     version: int
     state: str
+    reason: str = ""
     input_repos: list[str]
     glob: list[str]
     parallelism: int
     created_at: datetime
     updated_at: datetime
     spec: dict
+    identity: dict[str, str] = {}
     last_job: JobInfo | None = None
 
 
@@ -50,6 +62,7 @@ class JobInfo(BaseModel):
     created_at: datetime
     finished_at: datetime | None
     plan_seconds: float
+    to_run: int = 0
 
 
 class DatumInfo(BaseModel):
@@ -67,6 +80,7 @@ class DatumInfo(BaseModel):
 
 
 class LogInfo(BaseModel):
+    id: int = 0
     ts: datetime
     pipeline: str
     job: str
@@ -100,7 +114,28 @@ def job_info(row: JobRow) -> JobInfo:
         created_at=_aware(row.created_at),  # type: ignore[arg-type]
         finished_at=_aware(row.finished_at),
         plan_seconds=row.plan_seconds,
+        to_run=row.to_run or 0,
     )
+
+
+def datum_info(r: DatumRow) -> DatumInfo:
+    return DatumInfo(
+        job_id=r.job_id,
+        datum_id=r.datum_id,
+        pipeline=r.pipeline,
+        state=r.state,
+        attempts=r.attempts,
+        inputs=json.loads(r.inputs),
+        reason=r.reason,
+        traceback=r.traceback,
+        worker=r.worker,
+        seconds=r.seconds,
+        finished_at=_aware(r.finished_at),
+    )
+
+
+def _identity_text(identity: dict[str, str]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(identity.items()))
 
 
 class Pps:
@@ -111,12 +146,24 @@ class Pps:
         return self.pfs.session()
 
     # ---- pipelines ---------------------------------------------------------------------------------
-    def create_pipeline(self, spec: PipelineSpec, *, update: bool = False, reprocess: bool = False) -> tuple[int, str]:
+    def create_pipeline(
+        self,
+        spec: PipelineSpec,
+        *,
+        update: bool = False,
+        reprocess: bool = False,
+        identity: dict[str, str] | None = None,
+    ) -> tuple[int, str]:
         """Create (or with ``update``, version) a pipeline. Returns (version, what happened).
 
+        A version is the spec plus ``identity`` (what its workers report: stage code version, model
+        sha256); a change in either is a new version, the same spec and identity again is "unchanged".
         An update keeps the datum salt, so only new data meets the new version; ``reprocess`` draws a
         new salt, so every datum's hash changes and all of them run again.
         """
+        for cron in spec.cron_inputs():  # Pachyderm makes a cron input's repo with the pipeline
+            if not self.pfs.repo_exists(cron.repo):
+                self.pfs.create_repo(cron.repo, description=f"ticks of cron input {cron.name} ({cron.spec})")
         for repo in spec.input_repos():
             if not self.pfs.repo_exists(repo):
                 raise PpsError(
@@ -141,16 +188,35 @@ class Pps:
                 )
             if row is not None:
                 current = s.get(PipelineVersionRow, (spec.name, row.version))
-                if current is not None and current.fingerprint == fingerprint and not reprocess:
+                old_identity: dict[str, str] = json.loads(current.identity or "{}") if current else {}
+                new_identity = identity if identity else old_identity
+                if current is not None and not old_identity and new_identity:
+                    current.identity = json.dumps(new_identity, sort_keys=True)  # first report: recorded
+                    old_identity = new_identity
+                causes = []
+                if current is None or current.fingerprint != fingerprint:
+                    causes.append("spec changed")
+                if new_identity != old_identity:
+                    causes.append(
+                        f"stage code or model changed ({_identity_text(old_identity) or 'unknown'} -> "
+                        f"{_identity_text(new_identity)})"
+                    )
+                if reprocess:
+                    causes.append("reprocess: every datum runs again")
+                if not causes:
                     return row.version, "unchanged"
                 version = row.version + 1
                 salt = current.salt if current is not None and not reprocess else uuid.uuid4().hex
                 row.version = version
                 row.updated_at = now
-                what = "updated, reprocessing every datum" if reprocess else "updated"
+                row.reason = ""
+                if row.state == "crashing":
+                    row.state = "running"
+                what = "updated: " + "; ".join(causes)
             else:
                 version = 1
                 salt = uuid.uuid4().hex
+                new_identity = identity or {}
                 s.add(PipelineRow(name=spec.name, version=1, state="running", created_at=now, updated_at=now))
                 what = "created"
             s.add(
@@ -161,11 +227,73 @@ class Pps:
                     fingerprint=fingerprint,
                     salt=salt,
                     created_at=now,
+                    identity=json.dumps(new_identity, sort_keys=True),
+                    cause=what,
                 )
             )
         if what == "created":
             self.pfs.create_repo(spec.name, description=f"output of pipeline {spec.name}", origin="pipeline")
         return version, what
+
+    def record_identity(self, name: str, version: int, identity: dict[str, str]) -> tuple[int, str]:
+        """What the workers of ``name``@``version`` reported; a new version when it differs from the recorded one.
+
+        Returns (version to run, what happened): "unchanged", "recorded" (first report) or "updated: …"
+        (the stage code or model changed under an unchanged spec; the salt is kept).
+        """
+        with self.session() as s:
+            v = s.get(PipelineVersionRow, (name, version))
+            if v is None:
+                raise PpsError(f"pipeline {name!r} has no version {version}")
+            known = json.loads(v.identity or "{}")
+        if known == identity:
+            return version, "unchanged"
+        if not known:
+            with self.session() as s, s.begin():
+                row = s.get(PipelineVersionRow, (name, version))
+                assert row is not None
+                row.identity = json.dumps(identity, sort_keys=True)
+            return version, "recorded"
+        spec = self.get_spec(name, version)[0]
+        return self.create_pipeline(spec, update=True, identity=identity)
+
+    def versions(self, name: str) -> list[VersionInfo]:
+        """Every version of a pipeline, oldest first, with its spec, identity and why it was made."""
+        self.get_spec(name)  # names the known pipelines when it does not exist
+        with self.session() as s:
+            rows = s.scalars(
+                select(PipelineVersionRow)
+                .where(PipelineVersionRow.pipeline == name)
+                .order_by(PipelineVersionRow.version)
+            )
+            return [
+                VersionInfo(
+                    version=r.version,
+                    created_at=_aware(r.created_at),  # type: ignore[arg-type]
+                    cause=r.cause or ("created" if r.version == 1 else "updated"),
+                    fingerprint=r.fingerprint,
+                    identity=json.loads(r.identity or "{}"),
+                    spec=json.loads(r.spec_json),
+                )
+                for r in rows
+            ]
+
+    def version_diff(self, name: str, old: int, new: int) -> str:
+        """A unified diff of two versions' specs and identities."""
+        by_version = {v.version: v for v in self.versions(name)}
+        for wanted in (old, new):
+            if wanted not in by_version:
+                raise PpsError(f"pipeline {name!r} has no version {wanted} (versions 1..{max(by_version)})")
+
+        def lines(v: VersionInfo) -> list[str]:
+            doc = {"spec": v.spec, "identity": v.identity}
+            return json.dumps(doc, indent=2, sort_keys=True).splitlines()
+
+        return "\n".join(
+            difflib.unified_diff(
+                lines(by_version[old]), lines(by_version[new]), f"{name}@v{old}", f"{name}@v{new}", lineterm=""
+            )
+        )
 
     def pipeline_names(self) -> list[str]:
         with self.session() as s:
@@ -187,12 +315,13 @@ class Pps:
                 row.state,
             )
 
-    def set_state(self, name: str, state: str) -> None:
+    def set_state(self, name: str, state: str, reason: str = "") -> None:
         with self.session() as s, s.begin():
             row = s.get(PipelineRow, name)
             if row is None:
                 raise PpsError(f"pipeline {name!r} not found")
             row.state = state
+            row.reason = reason
 
     def topological_order(self) -> list[str]:
         """Pipelines ordered so that each comes after the pipelines whose output it reads."""
@@ -223,10 +352,13 @@ class Pps:
             row = s.get(PipelineRow, name)
             assert row is not None
             last = s.scalar(select(JobRow).where(JobRow.pipeline == name).order_by(JobRow.created_at.desc()).limit(1))
+            current = s.get(PipelineVersionRow, (name, version))
             return PipelineInfo(
                 name=name,
                 version=version,
                 state=state,
+                reason=row.reason or "",
+                identity=json.loads(current.identity or "{}") if current else {},
                 input_repos=spec.input_repos(),
                 glob=[leaf.glob for leaf in spec.input.pfs_inputs()],
                 parallelism=spec.parallelism_spec.workers(_cpu_count()),
@@ -254,7 +386,9 @@ class Pps:
                 row = rows[0]
             return job_info(row)
 
-    def list_datums(self, pipeline: str, job_id: str | None = None) -> list[DatumInfo]:
+    def list_datums(
+        self, pipeline: str, job_id: str | None = None, *, state: str | None = None, limit: int | None = None
+    ) -> list[DatumInfo]:
         with self.session() as s:
             if job_id is None:
                 last = s.scalar(
@@ -266,22 +400,28 @@ class Pps:
             else:
                 job_id = self.inspect_job(job_id).id
             q = select(DatumRow).where(DatumRow.job_id == job_id).order_by(DatumRow.finished_at)
-            return [
-                DatumInfo(
-                    job_id=r.job_id,
-                    datum_id=r.datum_id,
-                    pipeline=r.pipeline,
-                    state=r.state,
-                    attempts=r.attempts,
-                    inputs=json.loads(r.inputs),
-                    reason=r.reason,
-                    traceback=r.traceback,
-                    worker=r.worker,
-                    seconds=r.seconds,
-                    finished_at=_aware(r.finished_at),
+            if state:
+                q = q.where(DatumRow.state == state)
+            if limit:
+                q = q.limit(limit)
+            return [datum_info(r) for r in s.scalars(q)]
+
+    def inspect_datum(self, pipeline: str, datum: str, job_id: str | None = None) -> DatumInfo:
+        """A datum's latest record (or its record in ``job_id``); ``datum`` may be an id prefix."""
+        with self.session() as s:
+            q = select(DatumRow).where(DatumRow.pipeline == pipeline, DatumRow.datum_id.startswith(datum))
+            if job_id:
+                q = q.where(DatumRow.job_id == self.inspect_job(job_id).id)
+            rows = list(s.scalars(q.order_by(DatumRow.finished_at.desc()).limit(50)))
+            if not rows:
+                self.get_spec(pipeline)
+                raise PpsError(
+                    f"datum {datum!r} of pipeline {pipeline!r} not found; see `alarmsieve list datum {pipeline}`"
                 )
-                for r in s.scalars(q)
-            ]
+            if len({r.datum_id for r in rows}) > 1:
+                ids = ", ".join(sorted({r.datum_id[:16] for r in rows})[:5])
+                raise PpsError(f"datum prefix {datum!r} is ambiguous ({ids}); give more characters")
+            return datum_info(rows[0])
 
     def logs(
         self,
@@ -289,9 +429,20 @@ class Pps:
         job: str | None = None,
         datum: str | None = None,
         limit: int = 10000,
+        *,
+        worker: str | None = None,
+        since: datetime | None = None,
+        after_id: int = 0,
     ) -> list[LogInfo]:
+        """Log lines oldest first; ``after_id`` continues from the last line seen (``logs --follow``)."""
         with self.session() as s:
             q = select(LogRow).order_by(LogRow.id)
+            if after_id:
+                q = q.where(LogRow.id > after_id)
+            if since is not None:
+                q = q.where(LogRow.ts >= since)
+            if worker:
+                q = q.where(LogRow.worker.startswith(worker))
             if pipeline:
                 q = q.where(LogRow.pipeline == pipeline)
             if job:
@@ -300,6 +451,7 @@ class Pps:
                 q = q.where(LogRow.datum_id.startswith(datum))
             return [
                 LogInfo(
+                    id=r.id,
                     ts=_aware(r.ts),  # type: ignore[arg-type]
                     pipeline=r.pipeline,
                     job=r.job_id,

@@ -76,7 +76,56 @@ def _parts_of(pfs: Pfs, node: Input, commits: dict[str, str]) -> list[list[_Part
     if node.cross is not None:
         children = [_parts_of(pfs, child, commits) for child in node.cross]
         return [[p for group in combo for p in group] for combo in itertools.product(*children)]
-    raise ValueError("input has none of pfs, cross, union")
+    if node.cron is not None:
+        leaf = node.cron.as_pfs()
+        return [[part] for part in _pfs_parts(pfs, leaf, commits[leaf.name])]
+    if node.join is not None:
+        return _join_parts(pfs, node.join, commits)
+    if node.group is not None:
+        return _group_parts(pfs, node.group, commits)
+    raise ValueError("input has none of pfs, cross, union, join, group")
+
+
+def _keyed(pfs: Pfs, children: list[Input], commits: dict[str, str], join: bool) -> list[dict[str, list[_Part]]]:
+    """Per child `pfs` input: its datum parts by key (`joinOn` / `groupBy` filled from the glob's groups)."""
+    out = []
+    for child in children:
+        leaf = child.pfs
+        assert leaf is not None  # the spec allows only pfs inputs here
+        glob = compile_glob(leaf.glob)
+        template = leaf.join_on if join else leaf.group_by
+        by_key: dict[str, list[_Part]] = {}
+        for part in _pfs_parts(pfs, leaf, commits[leaf.name]):
+            by_key.setdefault(glob.expand(template, part.root), []).append(part)
+        out.append(by_key)
+    return out
+
+
+def _join_parts(pfs: Pfs, children: list[Input], commits: dict[str, str]) -> list[list[_Part]]:
+    """Pachyderm's join: for each key, the cross product of the inputs' datums with that key.
+
+    A key missing from some inputs gives datums only when an input that has it sets `outerJoin`; such
+    datums hold the inputs that have the key.
+    """
+    keyed = _keyed(pfs, children, commits, join=True)
+    outer = [bool(child.pfs and child.pfs.outer_join) for child in children]
+    combos: list[list[_Part]] = []
+    for key in sorted({k for by_key in keyed for k in by_key}):
+        present = [i for i, by_key in enumerate(keyed) if key in by_key]
+        if len(present) < len(keyed) and not any(outer[i] for i in present):
+            continue
+        lists = [keyed[i][key] for i in present]
+        combos.extend(list(combo) for combo in itertools.product(*lists))
+    return combos
+
+
+def _group_parts(pfs: Pfs, children: list[Input], commits: dict[str, str]) -> list[list[_Part]]:
+    """Pachyderm's group: every datum of every input with one `groupBy` key forms one datum."""
+    keyed = _keyed(pfs, children, commits, join=False)
+    return [
+        [part for by_key in keyed for part in by_key.get(key, [])]
+        for key in sorted({k for by_key in keyed for k in by_key})
+    ]
 
 
 def plan_all(pfs: Pfs, spec_input: Input, commits: dict[str, str], salt: str) -> dict[str, Datum]:

@@ -1,6 +1,7 @@
 """Local executor: a pool of long-lived worker processes per pipeline, supervised.
 
-The pool hands datums to idle workers one at a time, watches each worker's pipe and process
+The pool hands datums to idle workers in small batches (one pipe round trip per batch; the batches
+shrink to single datums as the queue drains), watches each worker's pipe and process
 sentinel, and retries a datum (up to ``datum_tries``) when its stage raised, its worker died
 (SIGKILL, crash) or it ran past ``datum_timeout``; a dead or hung worker is replaced.
 """
@@ -14,7 +15,7 @@ import signal
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 
@@ -27,6 +28,16 @@ class WorkerStartError(RuntimeError):
     pass
 
 
+# Datums go to a worker in batches of up to this many (one pipe round trip per batch, not per datum);
+# batches shrink as the queue drains so that the tail is spread over every worker.
+BATCH_MAX = 16
+
+# A pool whose workers die this many times in a row (no datum succeeding in between) is crash-looping.
+CRASH_LOOP_DEATHS = 3
+
+WorkerEvent = Callable[[str, "_Slot", str], None]  # (event: started | died | stopped, slot, reason)
+
+
 @dataclass
 class _Slot:
     index: int
@@ -34,7 +45,8 @@ class _Slot:
     process: BaseProcess
     conn: Connection
     pid: int = 0
-    task: DatumTask | None = None
+    task: DatumTask | None = None  # the datum the worker is on now
+    rest: list[DatumTask] = field(default_factory=list)  # the rest of its batch, queued in the worker
     deadline: float | None = None
     restarts: int = 0
     identity: dict[str, str] | None = None
@@ -49,8 +61,12 @@ class WorkerPool:
         datum_tries: int = 3,
         datum_timeout: float | None = None,
         start_timeout: float = 300.0,
+        on_worker: WorkerEvent | None = None,
     ) -> None:
         self.make_config = make_config
+        self.on_worker = on_worker
+        self.consecutive_deaths = 0
+        self.last_death = ""
         self.size = max(1, size)
         self.datum_tries = max(1, datum_tries)
         self.datum_timeout = datum_timeout
@@ -83,6 +99,16 @@ class WorkerPool:
             raise WorkerStartError(f"worker {slot.config.worker_id} could not load its stage: {hello.error}")
         slot.pid = hello.pid
         slot.identity = hello.identity
+        self._event("started", slot)
+
+    def _event(self, what: str, slot: _Slot, reason: str = "") -> None:
+        if self.on_worker is not None:
+            with contextlib.suppress(Exception):  # bookkeeping must never stop the work
+                self.on_worker(what, slot, reason)
+
+    @property
+    def crash_looping(self) -> bool:
+        return self.consecutive_deaths >= CRASH_LOOP_DEATHS
 
     def start(self) -> None:
         if self.slots:
@@ -102,8 +128,11 @@ class WorkerPool:
         slot.process.join(5)
         slot.conn.close()
 
-    def _replace(self, slot: _Slot) -> _Slot:
+    def _replace(self, slot: _Slot, reason: str = "") -> _Slot:
         self._kill(slot)
+        self._event("died", slot, reason)
+        self.consecutive_deaths += 1
+        self.last_death = reason
         self.restarts += 1
         new = self._spawn(slot.index)
         new.restarts = slot.restarts + 1
@@ -119,6 +148,7 @@ class WorkerPool:
             slot.process.join(5)
             if slot.process.is_alive():
                 self._kill(slot)
+            self._event("stopped", slot)
         self.slots = []
 
     # ---- running -----------------------------------------------------------------------------------
@@ -132,6 +162,17 @@ class WorkerPool:
         self.start()
         queue: deque[DatumTask] = deque(tasks)
         busy = 0
+
+        def next_in_batch(slot: _Slot) -> None:
+            slot.task = slot.rest.pop(0) if slot.rest else None
+            slot.deadline = (
+                time.monotonic() + self.datum_timeout if self.datum_timeout and slot.task is not None else None
+            )
+
+        def requeue_rest(slot: _Slot) -> None:
+            """The worker is gone: the datums of its batch it had not started go back to the queue."""
+            queue.extendleft(reversed(slot.rest))
+            slot.rest = []
 
         def fail_or_retry(slot: _Slot, reason: str, traceback_text: str = "") -> None:
             task = slot.task
@@ -159,12 +200,13 @@ class WorkerPool:
         while queue or busy:
             for slot in self.slots:
                 if slot.task is None and queue:
-                    task = queue.popleft()
-                    slot.task = task
+                    size = max(1, min(BATCH_MAX, len(queue) // (4 * len(self.slots))))
+                    batch = [queue.popleft() for _ in range(min(size, len(queue)))]
+                    slot.task, slot.rest = batch[0], batch[1:]
                     slot.deadline = time.monotonic() + self.datum_timeout if self.datum_timeout else None
                     # a dead worker's send fails; its sentinel reports the death below
                     with contextlib.suppress(OSError, BrokenPipeError):
-                        slot.conn.send(task)
+                        slot.conn.send(batch)
             busy = sum(1 for s in self.slots if s.task is not None)
             if not busy:
                 continue
@@ -185,13 +227,12 @@ class WorkerPool:
                         result = None  # type: ignore[assignment]
                     if result is not None:
                         task = slot.task
-                        slot.task = None
-                        slot.deadline = None
-                        if result.ok:
+                        if result.ok or result.recovered:  # recovered by err_cmd: final, not retried
+                            self.consecutive_deaths = 0
                             on_result(result, task.attempt)
                         else:
-                            slot.task = task
                             fail_or_retry(slot, result.reason, result.traceback)
+                        next_in_batch(slot)
                         continue
                 if slot.process.sentinel in ready or not slot.process.is_alive():
                     slot.process.join(1)
@@ -199,15 +240,15 @@ class WorkerPool:
                     how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
                     task_reason = f"worker {slot.config.worker_id} died while processing the datum ({how})"
                     pending = slot.task
-                    new = self._replace(slot)
+                    requeue_rest(slot)
+                    new = self._replace(slot, task_reason)
                     new.task = pending
                     fail_or_retry(new, task_reason)
                 elif slot.deadline is not None and time.monotonic() >= slot.deadline:
                     pending = slot.task
-                    new = self._replace(slot)
+                    why = f"datum timed out after {self.datum_timeout:.1f}s (datum_timeout); worker replaced"
+                    requeue_rest(slot)
+                    new = self._replace(slot, why)
                     new.task = pending
-                    fail_or_retry(
-                        new,
-                        f"datum timed out after {self.datum_timeout:.1f}s (datum_timeout); worker replaced",
-                    )
+                    fail_or_retry(new, why)
             busy = sum(1 for s in self.slots if s.task is not None)

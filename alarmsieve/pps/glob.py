@@ -9,8 +9,8 @@ Syntax (see docs/pipeline-spec.md, "Glob patterns"):
 - ``*`` any run of characters inside one path segment (never ``/``); ``?`` one such character;
 - ``[abc]``, ``[a-z]``, ``[!abc]`` / ``[^abc]`` one character of (not of) a class, never ``/``;
 - ``{a,b}`` alternatives, nestable, may contain ``/``;
-- ``(...)`` a group, as in Pachyderm where it only captures for join/group inputs: it does not
-  change what matches;
+- ``(...)`` a capture group, as in Pachyderm: it does not change what matches, and
+  `Glob.captures` returns what each group matched (``$1``, ``$2`` in ``joinOn`` / ``groupBy``);
 - ``**`` as a whole segment: zero or more segments (one or more when it is the last segment).
   A pattern alternative containing ``**`` matches FILES only, so ``/**`` is one datum per file;
 - ``\\x`` the character ``x`` literally.
@@ -33,6 +33,7 @@ _MAX_ALTERNATIVES = 256
 
 _SEP = "/"  # token: path separator
 _STAR = "*"  # token: one `*`; runs of two form `**`
+_OPEN = "("  # token: a capture group opens
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +145,7 @@ def _parse_seq(pattern: str, i: int, in_braces: bool) -> tuple[list[list[str]], 
         elif c == "?":
             add("[^/]")
         elif c == "(":
-            add("(?:")
+            add(_OPEN)
         elif c == ")":
             add(")")
         else:
@@ -167,7 +168,7 @@ def _segment_regex(pattern: str, tokens: list[str]) -> str:
         if run == 1:
             out.append("[^/]*")
         run = 0
-        if tok == "(?:":
+        if tok == _OPEN:
             open_groups += 1
         elif tok == ")":
             open_groups -= 1
@@ -223,12 +224,13 @@ def _split_path(path: str, *, what: str) -> list[str]:
 class Glob:
     """A compiled glob pattern. Build it with `compile_glob`."""
 
-    __slots__ = ("_file_alts", "_fixed_by_depth", "pattern")
+    __slots__ = ("_alts", "_file_alts", "_fixed_by_depth", "pattern")
 
     pattern: str
 
     def __init__(self, pattern: str, alts: list[_Alternative]) -> None:
         self.pattern = pattern
+        self._alts = alts
         # A path at depth d can only match the `**`-free alternatives with d segments.
         by_depth: dict[int, list[re.Pattern[str]]] = {}
         for alt in alts:
@@ -282,6 +284,31 @@ class Glob:
                 return prefix
         return file_path if self._matches_parts(parts, is_dir=False) else None
 
+    def captures(self, path: str) -> tuple[str, ...] | None:
+        """What the pattern's ``(...)`` groups matched in ``path`` (a datum root), or None if it does not match.
+
+        With several ``{a,b}`` alternatives, the first one that matches gives the groups.
+        """
+        parts = _split_path(path, what="path")
+        text = "/" + "/".join(parts)
+        for alt in self._alts:
+            if alt.depth is not None and alt.depth != len(parts):
+                continue
+            m = alt.regex.fullmatch(text)
+            if m is not None:
+                return tuple(g or "" for g in m.groups())
+        return None
+
+    def expand(self, template: str, path: str) -> str:
+        """``template`` with ``$N`` / ``${N}`` replaced by group N of ``path`` (Pachyderm's joinOn/groupBy)."""
+        groups = self.captures(path) or ()
+
+        def one(m: re.Match[str]) -> str:
+            n = int(m.group(1) or m.group(2))
+            return groups[n - 1] if 0 < n <= len(groups) else ""
+
+        return re.sub(r"\$(\d+)|\$\{(\d+)\}", one, template)
+
     def group(self, file_paths: Iterable[str]) -> dict[str, list[str]]:
         """Datum root -> the sorted files in that datum; roots sorted; unmatched files left out."""
         groups: dict[str, set[str]] = {}
@@ -293,7 +320,13 @@ class Glob:
 
 
 def _union(regexes: list[re.Pattern[str]]) -> re.Pattern[str]:
-    return re.compile("|".join(f"(?:{r.pattern})" for r in regexes))
+    # capture groups do not matter when matching; keep the union free of them
+    return re.compile("|".join(f"(?:{_uncaptured(r.pattern)})" for r in regexes))
+
+
+def _uncaptured(regex: str) -> str:
+    """``(`` that open a capture group -> ``(?:`` (escaped ``\\(`` and ``(?`` left alone)."""
+    return re.sub(r"(?<!\\)\((?!\?)", "(?:", regex)
 
 
 @lru_cache(maxsize=1024)

@@ -13,6 +13,7 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,9 +25,17 @@ from sqlalchemy.orm import Session
 from alarmsieve.pfs.api import CommitInfo, Pfs
 from alarmsieve.pps.api import JobInfo, Pps, job_info
 from alarmsieve.pps.datums import Datum, plan_all, plan_changed
-from alarmsieve.pps.executor import WorkerPool
-from alarmsieve.pps.spec import PipelineSpec
-from alarmsieve.pps.tables import DatumRow, JobRow, LogRow, PipelineVersionRow, ProcessedDatumRow
+from alarmsieve.pps.executor import WorkerPool, WorkerStartError, _Slot
+from alarmsieve.pps.spec import PipelineSpec, cron_interval
+from alarmsieve.pps.tables import (
+    DatumRow,
+    JobRow,
+    LogRow,
+    PipelineRow,
+    PipelineVersionRow,
+    ProcessedDatumRow,
+    WorkerRow,
+)
 from alarmsieve.pps.worker import DatumResult, DatumTask, WorkerConfig
 
 log = logging.getLogger("alarmsieve.runner")
@@ -76,6 +85,7 @@ class Runner:
         self.progress = progress
         self.cpu_count = cpu_count or os.cpu_count() or 1
         self.pools: dict[tuple[str, int], WorkerPool] = {}
+        self.started_at = _now()
         self._recover_interrupted_jobs()
 
     # ---- lifecycle ---------------------------------------------------------------------------------
@@ -90,11 +100,72 @@ class Runner:
                     reason="the runner stopped before this job finished; its datums run again in the next job",
                 )
             )
+            s.execute(  # workers of a runner that is gone are gone too
+                update(WorkerRow)
+                .where(WorkerRow.state.in_(("idle", "busy")))
+                .values(state="stopped", updated_at=_now())
+            )
 
     def close(self) -> None:
         for pool in self.pools.values():
             pool.close()
         self.pools.clear()
+
+    def _worker_event(self, pipeline: str, version: int) -> Callable[[str, _Slot, str], None]:
+        """Keeps ``pps_workers`` (what ``status`` shows) in step with the pool's workers."""
+
+        def on_worker(what: str, slot: _Slot, reason: str) -> None:
+            now = _now()
+            with self.pfs.session() as s, s.begin():
+                row = s.get(WorkerRow, slot.config.worker_id)
+                if row is None:
+                    row = WorkerRow(
+                        worker_id=slot.config.worker_id,
+                        pipeline=pipeline,
+                        version=version,
+                        pid=slot.pid,
+                        state="idle",
+                        restarts=slot.restarts,
+                        reason="",
+                        started_at=now,
+                        updated_at=now,
+                    )
+                    s.add(row)
+                    if what == "started":  # this process's workers replace whatever an earlier run left
+                        s.execute(
+                            delete(WorkerRow).where(
+                                WorkerRow.pipeline == pipeline,
+                                WorkerRow.state.in_(("stopped", "dead")),
+                                WorkerRow.worker_id != slot.config.worker_id,
+                                WorkerRow.updated_at < self.started_at,
+                            )
+                        )
+                row.pid = slot.pid
+                row.updated_at = now
+                row.state = {"started": "idle", "died": "dead", "stopped": "stopped"}[what]
+                row.reason = reason
+                if what == "died":  # keep the last few dead workers (their reasons) for `status`, not all
+                    s.flush()
+                    old = list(
+                        s.scalars(
+                            select(WorkerRow.worker_id)
+                            .where(WorkerRow.pipeline == pipeline, WorkerRow.state == "dead")
+                            .order_by(WorkerRow.updated_at.desc())
+                            .offset(10)
+                        )
+                    )
+                    if old:
+                        s.execute(delete(WorkerRow).where(WorkerRow.worker_id.in_(old)))
+
+        return on_worker
+
+    def _set_workers_state(self, pipeline: str, state: str) -> None:
+        with self.pfs.session() as s, s.begin():
+            s.execute(
+                update(WorkerRow)
+                .where(WorkerRow.pipeline == pipeline, WorkerRow.state.in_(("idle", "busy")))
+                .values(state=state, updated_at=_now())
+            )
 
     def __enter__(self) -> Runner:
         return self
@@ -111,9 +182,13 @@ class Runner:
                     old.close()
                     del self.pools[(other, other_version)]
             run_id = uuid.uuid4().hex[:6]
+            spawned: dict[int, int] = {}
 
             def make_config(index: int) -> WorkerConfig:
-                worker_id = f"{name}-v{version}-w{index}-{run_id}"
+                # a replacement worker gets its own id (…-r1, -r2), so logs and status tell them apart
+                spawned[index] = spawned.get(index, -1) + 1
+                suffix = f"-r{spawned[index]}" if spawned[index] else ""
+                worker_id = f"{name}-v{version}-w{index}-{run_id}{suffix}"
                 return WorkerConfig(
                     worker_id=worker_id,
                     pipeline=name,
@@ -127,6 +202,8 @@ class Runner:
                     workspace=self.paths.home,
                     model_dir=self.paths.model_dir,
                     model_cache=self.paths.model_cache,
+                    err_cmd=list(spec.transform.err_cmd),
+                    err_stdin=list(spec.transform.err_stdin),
                 )
 
             timeout = spec.datum_timeout.total_seconds() if spec.datum_timeout else None
@@ -135,6 +212,7 @@ class Runner:
                 spec.parallelism_spec.workers(self.cpu_count),
                 datum_tries=spec.datum_tries,
                 datum_timeout=timeout,
+                on_worker=self._worker_event(name, version),
             )
             self.pools[key] = pool
         return pool
@@ -147,6 +225,7 @@ class Runner:
         """
         jobs: list[JobInfo] = []
         errored: set[str] = set()
+        self.tick_crons()
         for _ in range(max_rounds):
             ran = False
             for name in self.pps.topological_order():
@@ -162,6 +241,32 @@ class Runner:
                 break
         return jobs
 
+    def tick_crons(self, now: datetime | None = None) -> list[str]:
+        """Commit a tick file to every cron input whose interval has passed (Pachyderm's cron input).
+
+        The file is named after the tick's time (RFC 3339, UTC) and holds it; with `overwrite` it
+        replaces the previous tick. At most one tick per input per call, so a slow job never piles up
+        ticks. Returns the repos ticked.
+        """
+        now = now or _now()
+        ticked = []
+        for name in self.pps.pipeline_names():
+            spec, _version, _salt, state = self.pps.get_spec(name)
+            if state == "paused":
+                continue
+            for cron in spec.cron_inputs():
+                head = self.pfs.head(cron.repo)
+                if head is not None and (now - _tick_time(head)).total_seconds() < cron_interval(cron.spec):
+                    continue
+                stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+                builder = self.pfs.start_commit(cron.repo, description=f"cron tick {stamp}")
+                if cron.overwrite:
+                    builder.delete("/")
+                builder.put_bytes(f"/{stamp}", (stamp + "\n").encode())
+                builder.finish()
+                ticked.append(cron.repo)
+        return ticked
+
     def _input_commits(self, spec: PipelineSpec) -> dict[str, CommitInfo] | None:
         commits: dict[str, CommitInfo] = {}
         for leaf in spec.input.pfs_inputs():
@@ -173,27 +278,70 @@ class Runner:
 
     def run_pipeline_once(self, name: str) -> JobInfo | None:
         spec, version, salt, state = self.pps.get_spec(name)
-        if state != "running":
+        if state == "paused":
             return None
         commits = self._input_commits(spec)
         if commits is None:
             return None
         commit_ids = {k: c.id for k, c in commits.items()}
         with self.pfs.session() as s:
+            row = s.get(PipelineRow, name)
+            pending = row.pending if row is not None else ""
             last = s.scalar(
                 select(JobRow)
                 .where(JobRow.pipeline == name, JobRow.state.in_(("success", "failure")))
                 .order_by(JobRow.created_at.desc())
                 .limit(1)
             )
-            if last is not None and last.version == version and json.loads(last.input_commits) == commit_ids:
+            if (
+                not pending
+                and last is not None
+                and last.version == version
+                and json.loads(last.input_commits) == commit_ids
+            ):
                 return None
             last_salt = None
             if last is not None:
                 last_version = s.get(PipelineVersionRow, (name, last.version))
                 last_salt = last_version.salt if last_version else None
             last_inputs = json.loads(last.input_commits) if last is not None else None
+        if pending:
+            with self.pfs.session() as s, s.begin():
+                row = s.get(PipelineRow, name)
+                if row is not None:
+                    row.pending = ""
+        # The workers report what they run (stage code version, model sha256): a change is a new version.
+        try:
+            identity = self.pool_for(name, version, spec).identity()
+        except WorkerStartError as exc:
+            broken = self.pools.pop((name, version), None)
+            if broken is not None:
+                broken.close()
+            return self._error_job(name, version, commit_ids, f"{type(exc).__name__}: {exc}")
+        new_version, what = self.pps.record_identity(name, version, identity)
+        if new_version != version:
+            log.info("pipeline %s: %s (version %d)", name, what, new_version)
+            spec, version, salt, state = self.pps.get_spec(name, new_version)
+        if pending == "rebuild" or spec.reprocess_spec == "every_job":
+            last_inputs = None
         return self._run_job(name, spec, version, salt, commits, last_inputs if last_salt == salt else None)
+
+    def _error_job(self, name: str, version: int, commit_ids: dict[str, str], reason: str) -> JobInfo:
+        job_id = uuid.uuid4().hex
+        with self.pfs.session() as s, s.begin():
+            s.add(
+                JobRow(
+                    id=job_id,
+                    pipeline=name,
+                    version=version,
+                    state="running",
+                    input_commits=json.dumps(commit_ids),
+                    created_at=_now(),
+                )
+            )
+        if self.progress:
+            self.progress.job_started(name, job_id, 0)
+        return self._fail_job(job_id, reason, crashing=True)
 
     # ---- one job -----------------------------------------------------------------------------------
     def _run_job(
@@ -220,13 +368,18 @@ class Runner:
             )
         logs = _JobLog(self.pfs, name, job_id)
         started = time.perf_counter()
-        present, gone, processed = self._plan(name, spec, salt, commit_ids, last_inputs)
-        to_run = [d for d in present.values() if _needs_run(d, processed.get(d.id))]
+        present, gone, processed, full_plan = self._plan(name, spec, salt, commit_ids, last_inputs)
+        if spec.reprocess_spec == "every_job":  # Pachyderm: every datum runs in every job
+            to_run = list(present.values())
+        else:
+            to_run = [d for d in present.values() if _needs_run(d, processed.get(d.id))]
         plan_seconds = time.perf_counter() - started
         logs.add(
             f"job started: {len(to_run)} datums to process, {len(present) - len(to_run)} unchanged in this plan, "
             f"{len(gone)} removed (planned in {plan_seconds * 1000:.1f} ms)"
         )
+        with self.pfs.session() as s, s.begin():
+            s.execute(update(JobRow).where(JobRow.id == job_id).values(to_run=len(to_run)))
         if self.progress:
             self.progress.job_started(name, job_id, len(to_run))
 
@@ -248,7 +401,14 @@ class Runner:
                         level=line.level,
                         ts=line.ts,
                     )
-                if not result.ok:
+                if result.recovered:
+                    logs.add(
+                        f"datum recovered by err_cmd after: {result.reason}",
+                        datum=result.datum_id,
+                        worker=result.worker,
+                        level="WARNING",
+                    )
+                elif not result.ok:
                     logs.add(
                         f"datum failed after {attempts} attempts: {result.reason}",
                         datum=result.datum_id,
@@ -263,14 +423,27 @@ class Runner:
             def on_retry(task: DatumTask, reason: str) -> None:
                 logs.add(f"attempt {task.attempt} failed, retrying: {reason}", datum=task.datum_id, level="WARNING")
 
+            pool = self.pool_for(name, version, spec)
+            self._set_workers_state(name, "busy")
             try:
-                self.pool_for(name, version, spec).run(tasks, on_result, on_retry)
+                pool.run(tasks, on_result, on_retry)
             except Exception as exc:
                 self._flush(datum_rows, logs)
                 broken = self.pools.pop((name, version), None)
                 if broken is not None:
                     broken.close()
-                return self._fail_job(job_id, f"{type(exc).__name__}: {exc}")
+                return self._fail_job(
+                    job_id, f"{type(exc).__name__}: {exc}", crashing=isinstance(exc, WorkerStartError)
+                )
+            finally:
+                self._set_workers_state(name, "idle")
+            if getattr(pool, "crash_looping", False):  # an executor without crash tracking never crash-loops
+                self._set_pipeline_health(
+                    name,
+                    f"workers keep dying: {pool.consecutive_deaths} deaths in a row, last: {pool.last_death}",
+                )
+            else:
+                self._set_pipeline_health(name, "")
         self._flush(datum_rows, logs)
         return self._commit_job(
             name,
@@ -285,6 +458,7 @@ class Runner:
             results,
             plan_seconds,
             logs,
+            full_plan,
         )
 
     def _plan(
@@ -294,7 +468,7 @@ class Runner:
         salt: str,
         commit_ids: dict[str, str],
         last_inputs: dict[str, str] | None,
-    ) -> tuple[dict[str, Datum], set[str], dict[str, _Processed]]:
+    ) -> tuple[dict[str, Datum], set[str], dict[str, _Processed], bool]:
         leaves = spec.input.pfs_inputs()
         with self.pfs.session() as s:
             if spec.input.pfs is not None and last_inputs is not None and leaves[0].name in last_inputs:
@@ -303,7 +477,8 @@ class Runner:
                     json.loads(roots)[0][1]
                     for roots in s.scalars(
                         select(ProcessedDatumRow.roots).where(
-                            ProcessedDatumRow.pipeline == name, ProcessedDatumRow.state == "failed"
+                            ProcessedDatumRow.pipeline == name,
+                            ProcessedDatumRow.state.in_(("failed", "restart", "recovered")),
                         )
                     )
                 ]
@@ -313,11 +488,13 @@ class Runner:
                 ids = list(set(present) | gone)
                 processed = self._load_processed(s, name, ids)
                 gone = {i for i in gone if i in processed}
+                full = False
             else:
+                full = True
                 present = plan_all(self.pfs, spec.input, commit_ids, salt)
                 processed = self._load_processed(s, name, None)
                 gone = set(processed) - set(present)
-        return present, gone, processed
+        return present, gone, processed, full
 
     @staticmethod
     def _load_processed(s: Session, name: str, ids: list[str] | None) -> dict[str, _Processed]:
@@ -342,7 +519,18 @@ class Runner:
             logs.flush(s)
         datum_rows.clear()
 
-    def _fail_job(self, job_id: str, reason: str) -> JobInfo:
+    def _set_pipeline_health(self, name: str, crash_reason: str) -> None:
+        """``crashing`` with the reason while its workers keep dying or cannot start; back to running after."""
+        with self.pfs.session() as s, s.begin():
+            row = s.get(PipelineRow, name)
+            if row is None or row.state == "paused":
+                return
+            if crash_reason:
+                row.state, row.reason = "crashing", crash_reason
+            elif row.state == "crashing":
+                row.state, row.reason = "running", ""
+
+    def _fail_job(self, job_id: str, reason: str, *, crashing: bool = False) -> JobInfo:
         """The job could not run at all (e.g. its workers could not start): state ``error``.
 
         Unlike ``failure`` (some datums failed), an ``error`` job does not count as done, so the
@@ -356,6 +544,9 @@ class Runner:
             row.finished_at = _now()
             s.flush()
             info = job_info(row)
+        if crashing:
+            self._set_pipeline_health(info.pipeline, f"workers cannot start: {reason}")
+        _JobLog.write(self.pfs, info.pipeline, job_id, f"job error: {reason}", level="ERROR")
         if self.progress:
             self.progress.job_finished(info)
         return info
@@ -374,6 +565,7 @@ class Runner:
         results: dict[str, DatumResult],
         plan_seconds: float,
         logs: _JobLog,
+        full_plan: bool = False,
     ) -> JobInfo:
         builder = self.pfs.start_commit(
             name,
@@ -384,6 +576,8 @@ class Runner:
             pipeline_version=f"{name}@v{version}",
         )
         rewritten = gone | {d.id for d in to_run}
+        if full_plan and not processed and self.pfs.head(name) is not None:
+            builder.delete("/")  # nothing is known to have made the current output: rebuild it whole
         for datum_id in rewritten:
             old = processed.get(datum_id)
             for path in old.outputs if old else []:
@@ -417,11 +611,15 @@ class Runner:
                     claimed[path] = datum.id
                     builder.put_object(path, sha256, size, tag=datum.id)
 
-        failed = [d for d in to_run if not results.get(d.id) or not results[d.id].ok]
+        failed = [d for d in to_run if not results.get(d.id) or not (results[d.id].ok or results[d.id].recovered)]
         recovered = sum(
             1
             for d in to_run
-            if d.id in results and results[d.id].ok and processed.get(d.id) and processed[d.id].state == "failed"
+            if d.id in results
+            and (
+                results[d.id].recovered
+                or (results[d.id].ok and processed.get(d.id) and processed[d.id].state in ("failed", "restart"))
+            )
         )
 
         def record(s: Session, commit: CommitInfo) -> None:
@@ -452,7 +650,7 @@ class Runner:
                         pipeline=name,
                         datum_id=datum.id,
                         hash=datum.hash,
-                        state="success" if ok else "failed",
+                        state="success" if ok else ("recovered" if result and result.recovered else "failed"),
                         job_id=job_id,
                         roots=json.dumps(datum.roots),
                         outputs=json.dumps([p for p, _, _ in result.outputs] if ok and result else []),
@@ -464,7 +662,7 @@ class Runner:
             assert job is not None
             job.output_commit = commit.id
             job.datums_total = total
-            job.processed = len(to_run) - len(failed)
+            job.processed = len(to_run) - len(failed) - sum(1 for r in results.values() if r.recovered)
             job.failed = len(failed)
             job.recovered = recovered
             job.skipped = total - len(to_run)
@@ -491,6 +689,15 @@ class Runner:
         return info
 
 
+def _tick_time(head: CommitInfo) -> datetime:
+    """When a cron repo last ticked: the time in its head commit's description, else the commit time."""
+    stamp = head.description.removeprefix("cron tick ")
+    try:
+        return datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    except ValueError:
+        return head.created_at
+
+
 def _needs_run(datum: Datum, old: _Processed | None) -> bool:
     return old is None or old.hash != datum.hash or old.state != "success"
 
@@ -501,7 +708,9 @@ def _datum_row(pipeline: str, datum: Datum, result: DatumResult, attempts: int) 
         datum_id=datum.id,
         pipeline=pipeline,
         hash=datum.hash,
-        state=("recovered" if attempts > 1 else "success") if result.ok else "failed",
+        state=("recovered" if attempts > 1 else "success")
+        if result.ok
+        else ("recovered" if result.recovered else "failed"),
         attempts=attempts,
         inputs=json.dumps([[name, root] for name, root in datum.roots]),
         reason=result.reason,
@@ -546,3 +755,10 @@ class _JobLog:
     def flush(self, s: Session) -> None:
         s.add_all(self.rows)
         self.rows = []
+
+    @classmethod
+    def write(cls, pfs: Pfs, pipeline: str, job_id: str, message: str, *, level: str = "INFO") -> None:
+        one = cls(pfs, pipeline, job_id)
+        one.add(message, level=level)
+        with pfs.session() as s, s.begin():
+            one.flush(s)

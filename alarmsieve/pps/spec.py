@@ -24,7 +24,7 @@ from decimal import Decimal
 from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import jsonschema
 import jsonschema.exceptions
@@ -99,10 +99,16 @@ class _Model(BaseModel):
 class PfsInput(_Model):
     """A `pfs` input: the files of `repo`@`branch`, cut into datums by `glob`, mounted at /pfs/<name>."""
 
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
     name: str
     repo: str
     branch: str = "master"
     glob: str
+    # join / group inputs: a template of the glob's capture groups ($1, ${2}) that keys the datum
+    join_on: str = Field(default="", alias="joinOn")
+    outer_join: bool = Field(default=False, alias="outerJoin")
+    group_by: str = Field(default="", alias="groupBy")
 
     @model_validator(mode="before")
     @classmethod
@@ -140,7 +146,64 @@ class PfsInput(_Model):
         return value
 
 
-_INPUT_KINDS = ("pfs", "cross", "union")
+_INPUT_KINDS = ("pfs", "cross", "union", "join", "group", "cron")
+
+_CRON_NAMED = {"@hourly": 3600, "@daily": 86400, "@midnight": 86400, "@weekly": 7 * 86400}
+
+
+def cron_interval(spec: str) -> float:
+    """Seconds between ticks of a cron `spec`: `@every <Go duration>`, `@hourly`, `@daily`, `@weekly`."""
+    text = spec.strip()
+    if text in _CRON_NAMED:
+        return float(_CRON_NAMED[text])
+    if text.startswith("@every "):
+        try:
+            seconds = _parse_duration(text.removeprefix("@every "))
+        except ValueError:
+            seconds = Decimal(0)
+        if seconds > 0:
+            return float(seconds)
+    raise ValueError(
+        f"cron spec {spec!r} is not supported; use `@every <duration>` (e.g. `@every 60s`), `@hourly`, "
+        "`@daily` or `@weekly` (five-field cron expressions are not supported yet)"
+    )
+
+
+class CronInput(_Model):
+    """Pachyderm's cron input: each tick commits a file named after the tick's time to its repo."""
+
+    name: str
+    spec: str
+    repo: str = ""  # default "<pipeline>_<name>", filled in by the pipeline
+    overwrite: bool = False  # True: each tick replaces the previous file
+
+    @field_validator("name", "repo")
+    @classmethod
+    def _valid_name(cls, value: str) -> str:
+        return _check_name(value, "cron name") if value else value
+
+    @field_validator("spec")
+    @classmethod
+    def _valid_spec(cls, value: str) -> str:
+        cron_interval(value)
+        return value
+
+    def as_pfs(self) -> PfsInput:
+        """The cron repo as a `pfs` input: one datum of every tick file (glob `/`)."""
+        return PfsInput(name=self.name, repo=self.repo, glob="/")
+
+
+def _fill_cron_repos(node: Any, pipeline: str) -> Any:
+    """A cron input without `repo` reads `<pipeline>_<name>`, as in Pachyderm."""
+    if isinstance(node, dict):
+        out = {k: _fill_cron_repos(v, pipeline) for k, v in node.items()}
+        cron = out.get("cron")
+        if isinstance(cron, dict) and not cron.get("repo") and isinstance(cron.get("name"), str):
+            out["cron"] = {**cron, "repo": f"{pipeline}_{cron['name']}"}
+        return out
+    if isinstance(node, list):
+        return [_fill_cron_repos(v, pipeline) for v in node]
+    return node
 
 
 class Input(_Model):
@@ -149,6 +212,18 @@ class Input(_Model):
     pfs: PfsInput | None = None
     cross: list[Input] | None = None
     union: list[Input] | None = None
+    # `join`: datums of its `pfs` inputs whose `joinOn` keys are equal, crossed (Pachyderm's join);
+    # `group`: every datum of its `pfs` inputs with one `groupBy` key, as one datum
+    join: list[Input] | None = None
+    group: list[Input] | None = None
+    cron: CronInput | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_join_or_group_is_absent(cls, data: Any) -> Any:
+        if isinstance(data, dict) and any(data.get(k) == [] for k in ("join", "group")):
+            return {k: v for k, v in data.items() if not (k in ("join", "group") and v == [])}
+        return data
 
     @model_validator(mode="after")
     def _exactly_one_kind(self) -> Input:
@@ -156,12 +231,26 @@ class Input(_Model):
         if len(given) != 1:
             got = ", ".join(f"`{k}`" for k in given) or "none"
             raise _custom_error(
-                f"an input needs exactly one of `pfs`, `cross`, `union`; got {got}",
+                f"an input needs exactly one of `pfs`, `cross`, `union`, `join`, `group`; got {got}",
                 fix="split it into separate inputs, e.g. a `cross` of two `pfs` inputs",
             )
         kind = given[0]
-        if kind != "pfs" and not getattr(self, kind):
+        if kind not in ("pfs", "cron") and not getattr(self, kind):
             raise _custom_error(f"`{kind}` needs at least one input", at=kind)
+        key = {"join": "joinOn", "group": "groupBy"}.get(kind)
+        if key is not None:
+            for i, child in enumerate(getattr(self, kind)):
+                leaf = child.pfs
+                if leaf is None:
+                    raise _custom_error(
+                        f"every input of a `{kind}` must be a `pfs` input", at=f"{kind}[{i}]", fix="use `pfs` inputs"
+                    )
+                if not (leaf.join_on if kind == "join" else leaf.group_by):
+                    raise _custom_error(
+                        f"a `pfs` input of a `{kind}` needs `{key}`",
+                        at=f"{kind}[{i}].pfs.{key}",
+                        fix=f'capture part of the path in the glob and name it, e.g. glob "/(*).jpg", {key} "$1"',
+                    )
         return self
 
     def pfs_inputs(self) -> list[PfsInput]:
@@ -172,7 +261,9 @@ class Input(_Model):
 def _pfs_leaves(inp: Input, path: str) -> Iterator[tuple[str, PfsInput]]:
     if inp.pfs is not None:
         yield _join(path, "pfs"), inp.pfs
-    for kind in ("cross", "union"):
+    if inp.cron is not None:
+        yield _join(path, "cron"), inp.cron.as_pfs()
+    for kind in ("cross", "union", "join", "group"):
         for i, child in enumerate(getattr(inp, kind) or []):
             yield from _pfs_leaves(child, f"{_join(path, kind)}[{i}]")
 
@@ -184,6 +275,10 @@ class Transform(_Model):
     stdin: list[str] = Field(default_factory=list)
     env: dict[str, str] = Field(default_factory=dict)
     image: str | None = None
+    # Pachyderm: run when `cmd` fails on a datum; exit 0 marks the datum recovered (the job does not
+    # fail, the datum writes no output and runs again in the next job).
+    err_cmd: list[str] = Field(default_factory=list)
+    err_stdin: list[str] = Field(default_factory=list)
 
     @field_validator("cmd")
     @classmethod
@@ -228,6 +323,8 @@ class PipelineSpec(_Model):
     output_branch: str = "master"
     # Informational only (cpu, memory, gpu, disk), kept so the spec still runs on Pachyderm.
     resource_requests: dict[str, Any] | None = None
+    # Pachyderm: "until_success" skips datums already processed; "every_job" runs every datum in every job.
+    reprocess_spec: Literal["until_success", "every_job"] = "until_success"
 
     @field_validator("name")
     @classmethod
@@ -269,6 +366,18 @@ class PipelineSpec(_Model):
                     fix="read from another repo",
                 )
         return self
+
+    def cron_inputs(self) -> list[CronInput]:
+        """Every `cron` input, depth first."""
+
+        def walk(node: Input) -> Iterator[CronInput]:
+            if node.cron is not None:
+                yield node.cron
+            for kind in ("cross", "union", "join", "group"):
+                for child in getattr(node, kind) or []:
+                    yield from walk(child)
+
+        return list(walk(self.input))
 
     def input_repos(self) -> list[str]:
         """The distinct repos this pipeline reads, in spec order."""
@@ -432,15 +541,20 @@ _GPU = _Shape(supported={"type": None, "number": None})
 _RESOURCES = _Shape(supported={"cpu": None, "memory": None, "gpu": _shaped(_GPU), "disk": None})
 
 _PFS = _Shape(
-    supported={"name": None, "repo": None, "branch": None, "glob": _norm_glob},
+    supported={
+        "name": None,
+        "repo": None,
+        "branch": None,
+        "glob": _norm_glob,
+        "joinOn": None,
+        "outerJoin": None,
+        "groupBy": None,
+    },
     unsupported=frozenset(
         {
             "project",
             "repoType",
             "commit",
-            "joinOn",
-            "outerJoin",
-            "groupBy",
             "lazy",
             "emptyFiles",
             "s3",
@@ -451,7 +565,7 @@ _PFS = _Shape(
         }
     ),
     defaults={"project": "default", "repoType": "user"},
-    zero_is_default=frozenset({"name", "branch"}),
+    zero_is_default=frozenset({"name", "branch", "joinOn", "groupBy", "outerJoin"}),
 )
 
 
@@ -459,19 +573,32 @@ def _norm_input(value: Any, path: str, ctx: _Ctx) -> Any:
     return _norm_object(value, path, ctx, _INPUT)
 
 
+_CRON = _Shape(
+    supported={"name": None, "spec": None, "repo": None, "overwrite": None},
+    unsupported=frozenset({"project", "commit", "start"}),
+    defaults={"project": "default"},
+    zero_is_default=frozenset({"repo"}),
+)
+
 _INPUT = _Shape(
-    supported={"pfs": _shaped(_PFS), "cross": _norm_list(_norm_input), "union": _norm_list(_norm_input)},
-    unsupported=frozenset({"join", "group", "cron", "git"}),
+    supported={
+        "pfs": _shaped(_PFS),
+        "cross": _norm_list(_norm_input),
+        "union": _norm_list(_norm_input),
+        "join": _norm_list(_norm_input),
+        "group": _norm_list(_norm_input),
+        "cron": _shaped(_CRON),
+    },
+    unsupported=frozenset({"git"}),
     renames={"atom": "pfs"},  # 1.x
-    presence=frozenset({"cron", "git"}),
+    presence=frozenset({"git"}),
 )
 
 _TRANSFORM = _Shape(
-    supported={"cmd": None, "stdin": None, "env": None, "image": None},  # env keys stay as written
+    # env keys stay as written
+    supported={"cmd": None, "stdin": None, "env": None, "image": None, "errCmd": None, "errStdin": None},
     unsupported=frozenset(
         {
-            "errCmd",
-            "errStdin",
             "secrets",
             "imagePullSecrets",
             "acceptReturnCode",
@@ -484,7 +611,7 @@ _TRANSFORM = _Shape(
             "build",  # 1.x
         }
     ),
-    zero_is_default=frozenset({"image"}),
+    zero_is_default=frozenset({"image", "errCmd", "errStdin"}),
 )
 
 _PARALLELISM = _Shape(
@@ -509,6 +636,7 @@ _TOP = _Shape(
         "datumTimeout": _norm_duration,
         "outputBranch": None,
         "resourceRequests": _shaped(_RESOURCES),
+        "reprocessSpec": None,
     },
     unsupported=frozenset(
         {
@@ -528,7 +656,6 @@ _TOP = _Shape(
             "podSpec",
             "podPatch",
             "metadata",
-            "reprocessSpec",
             "autoscaling",
             "tolerations",
             "determined",
@@ -549,19 +676,15 @@ _TOP = _Shape(
             "dryRun",
         }
     ),
-    defaults={"reprocessSpec": "until_success"},
     # An empty object here still changes what the pipeline is (e.g. `"spout": {}` makes a spout).
     presence=frozenset({"tfJob", "egress", "service", "spout", "determined"}),
-    zero_is_default=frozenset({"description", "datumTries", "outputBranch"}),
+    zero_is_default=frozenset({"description", "datumTries", "outputBranch", "reprocessSpec"}),
 )
 
 _HINTS = {
     "resourceLimits": "alarmsieve does not cap workers; `resourceRequests` is accepted as information",
     "spout": "alarmsieve pipelines read input repos; commit the incoming data to a repo instead",
     "project": 'alarmsieve has a single project; leave it out or set it to "default"',
-    "cron": "alarmsieve has no cron inputs yet; commit to a repo on a schedule instead",
-    "join": "alarmsieve has no join inputs yet; use `cross` and filter in the transform",
-    "group": "alarmsieve has no group inputs yet; use a coarser glob so one datum holds the group",
 }
 
 
@@ -702,12 +825,17 @@ def _build(doc: dict[str, Any], source: str) -> PipelineSpec:
             "a pipeline needs an input (pipelines without one, like spouts, are not supported)",
             'add "input": {"pfs": {"repo": "images", "glob": "/*"}}',
         )
-    fields: dict[str, Any] = {"name": name, "input": doc["input"], "transform": doc["transform"]}
+    transform = doc["transform"]
+    if isinstance(transform, dict):
+        renames = {"errCmd": "err_cmd", "errStdin": "err_stdin"}
+        transform = {renames.get(k, k): v for k, v in transform.items()}
+    fields: dict[str, Any] = {"name": name, "input": _fill_cron_repos(doc["input"], name), "transform": transform}
     for key, attr in (
         ("description", "description"),
         ("parallelismSpec", "parallelism_spec"),
         ("datumTries", "datum_tries"),
         ("outputBranch", "output_branch"),
+        ("reprocessSpec", "reprocess_spec"),
     ):
         if key in doc:
             fields[attr] = doc[key]
@@ -878,8 +1006,18 @@ def load_spec_file(path: Path) -> PipelineSpec:
 def _input_doc(inp: Input) -> dict[str, Any]:
     if inp.pfs is not None:
         p = inp.pfs
-        return {"pfs": {"name": p.name, "repo": p.repo, "branch": p.branch, "glob": p.glob}}
-    kind = "cross" if inp.cross is not None else "union"
+        doc: dict[str, Any] = {"name": p.name, "repo": p.repo, "branch": p.branch, "glob": p.glob}
+        if p.join_on:
+            doc["joinOn"] = p.join_on
+        if p.outer_join:
+            doc["outerJoin"] = True
+        if p.group_by:
+            doc["groupBy"] = p.group_by
+        return {"pfs": doc}
+    if inp.cron is not None:
+        c = inp.cron
+        return {"cron": {"name": c.name, "spec": c.spec, "repo": c.repo, "overwrite": c.overwrite}}
+    kind = next(k for k in ("cross", "union", "join", "group") if getattr(inp, k) is not None)
     return {kind: [_input_doc(child) for child in getattr(inp, kind)]}
 
 
@@ -896,6 +1034,10 @@ def to_pachyderm(spec: PipelineSpec) -> dict[str, Any]:
         transform["env"] = dict(spec.transform.env)
     if spec.transform.image:
         transform["image"] = spec.transform.image
+    if spec.transform.err_cmd:
+        transform["errCmd"] = list(spec.transform.err_cmd)
+    if spec.transform.err_stdin:
+        transform["errStdin"] = list(spec.transform.err_stdin)
     doc["transform"] = transform
     parallelism = spec.parallelism_spec.model_dump(exclude_none=True)
     if parallelism:
@@ -907,6 +1049,8 @@ def to_pachyderm(spec: PipelineSpec) -> dict[str, Any]:
     doc["outputBranch"] = spec.output_branch
     if spec.resource_requests:
         doc["resourceRequests"] = json.loads(json.dumps(spec.resource_requests))  # deep copy
+    if spec.reprocess_spec != "until_success":  # the default stays out, so older fingerprints hold
+        doc["reprocessSpec"] = spec.reprocess_spec
     return doc
 
 

@@ -14,7 +14,11 @@ class PipelineRow(Base):
     __tablename__ = "pps_pipelines"
     name: Mapped[str] = mapped_column(String(63), primary_key=True)
     version: Mapped[int] = mapped_column(Integer)
-    state: Mapped[str] = mapped_column(String(16), default="running")  # running | paused
+    state: Mapped[str] = mapped_column(String(16), default="running")  # running | paused | crashing
+    # why the pipeline is crashing (workers that keep dying or cannot start); "" otherwise
+    reason: Mapped[str] = mapped_column(Text, default="", server_default="")
+    # work asked for by an operator: "" | "rerun" (failed datums now) | "rebuild" (plan everything again)
+    pending: Mapped[str] = mapped_column(String(16), default="", server_default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
@@ -27,6 +31,10 @@ class PipelineVersionRow(Base):
     fingerprint: Mapped[str] = mapped_column(String(64))
     salt: Mapped[str] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # JSON: what the workers reported (stage, code_version, model sha256 …); part of the version identity
+    identity: Mapped[str] = mapped_column(Text, default="{}", server_default="{}")
+    # why this version exists: "created", "spec changed", "stage code or model changed", "reprocess"
+    cause: Mapped[str] = mapped_column(Text, default="", server_default="")
 
 
 class JobRow(Base):
@@ -48,12 +56,15 @@ class JobRow(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     plan_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    # datums this job set out to run (known once planned): queued = to_run - datums recorded so far
+    to_run: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class DatumRow(Base):
     """One datum of one job: its state, attempts and, on failure, the reason and traceback."""
 
     __tablename__ = "pps_datums"
+    __table_args__ = (Index("ix_pps_datums_job_state", "job_id", "state"),)
     job_id: Mapped[str] = mapped_column(String(32), primary_key=True)
     datum_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     pipeline: Mapped[str] = mapped_column(String(63), index=True)
@@ -72,10 +83,11 @@ class ProcessedDatumRow(Base):
     """Per pipeline, the datums the current output reflects: hash, outputs, and whether it failed."""
 
     __tablename__ = "pps_processed_datums"
+    __table_args__ = (Index("ix_pps_processed_state", "pipeline", "state"),)
     pipeline: Mapped[str] = mapped_column(String(63), primary_key=True)
     datum_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     hash: Mapped[str] = mapped_column(String(64))
-    state: Mapped[str] = mapped_column(String(16))  # success | failed
+    state: Mapped[str] = mapped_column(String(16))  # success | failed | restart (asked to run again)
     job_id: Mapped[str] = mapped_column(String(32))
     roots: Mapped[str] = mapped_column(Text)  # JSON [[input name, root path], ...]
     outputs: Mapped[str] = mapped_column(Text, default="[]")  # JSON [path, ...]
@@ -92,3 +104,19 @@ class LogRow(Base):
     worker: Mapped[str] = mapped_column(String(64), default="")
     level: Mapped[str] = mapped_column(String(10), default="INFO")
     message: Mapped[str] = mapped_column(Text)
+
+
+class WorkerRow(Base):
+    """A worker process as the runner last saw it: what ``status`` shows (alive, busy, restarts)."""
+
+    __tablename__ = "pps_workers"
+    __table_args__ = (Index("ix_pps_workers_pipeline", "pipeline"),)
+    worker_id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    pipeline: Mapped[str] = mapped_column(String(63))
+    version: Mapped[int] = mapped_column(Integer)
+    pid: Mapped[int] = mapped_column(Integer, default=0)
+    state: Mapped[str] = mapped_column(String(16))  # idle | busy | dead | stopped
+    restarts: Mapped[int] = mapped_column(Integer, default=0)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -60,6 +60,7 @@ class DatumResult:
     worker: str
     ok: bool
     outputs: list[tuple[str, str, int]] = field(default_factory=list)  # (path, sha256, size)
+    recovered: bool = False  # the stage failed but err_cmd succeeded (Pachyderm's "recovered" datum)
     reason: str = ""
     traceback: str = ""
     seconds: float = 0.0
@@ -80,6 +81,8 @@ class WorkerConfig:
     workspace: Path
     model_dir: Path | None
     model_cache: Path | None
+    err_cmd: list[str] = field(default_factory=list)
+    err_stdin: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -187,6 +190,8 @@ class Worker:
         except Exception as exc:
             result.reason = f"{type(exc).__name__}: {exc}"
             result.traceback = traceback.format_exc()
+            if self.config.err_cmd:
+                result.recovered = self._run_err_cmd(task, handler)
         finally:
             logger.removeHandler(handler)
         printed = stdout.getvalue().strip()
@@ -196,7 +201,29 @@ class Worker:
         result.seconds = time.perf_counter() - started
         return result
 
-    def _run_subprocess(self, task: DatumTask, root: Path, handler: _ListHandler) -> None:
+    def _run_err_cmd(self, task: DatumTask, handler: _ListHandler) -> bool:
+        """Pachyderm's err_cmd: run on the same datum after a failure; exit 0 means "recovered"."""
+        root = self.config.scratch / "pfs"
+        try:
+            proc = self._spawn(self.config.err_cmd, self.config.err_stdin, task, root)
+        except OSError as exc:
+            handler.lines.append(LogLine(datetime.now(UTC), "ERROR", f"err_cmd could not run: {exc}"))
+            return False
+        self._log_streams(proc, handler)
+        handler.lines.append(
+            LogLine(
+                datetime.now(UTC),
+                "INFO" if proc.returncode == 0 else "ERROR",
+                f"err_cmd {self.config.err_cmd} exited with code {proc.returncode}"
+                + ("; datum recovered" if proc.returncode == 0 else ""),
+            )
+        )
+        return proc.returncode == 0
+
+    def _spawn(self, cmd: list[str], stdin_lines: list[str], task: DatumTask, root: Path) -> Any:
+        """Run a foreign command on the datum, at ``/pfs`` in a private mount namespace when one is available."""
+        prefix = pfs_namespace()
+        seen = Path(PFS_MOUNT) if prefix is not None else root  # where the command sees the datum
         env = dict(os.environ)
         env.update(self.config.env)
         env.update(
@@ -204,21 +231,75 @@ class Worker:
                 "PACH_JOB_ID": task.job_id,
                 "PACH_DATUM_ID": task.datum_id,
                 "PPS_PIPELINE_NAME": self.config.pipeline,
-                "PFS_ROOT": str(root),
+                "PFS_ROOT": str(seen),
             }
         )
         for f in task.files:
-            env.setdefault(f.input, str(root / f.input / f.path.lstrip("/")))
-        stdin = "\n".join(self.config.stdin) + "\n" if self.config.stdin else None
-        proc = subprocess.run(
-            self.config.cmd, input=stdin, cwd=root, env=env, capture_output=True, text=True, check=False
-        )
+            env.setdefault(f.input, str(seen / f.input / f.path.lstrip("/")))
+        stdin = "\n".join(stdin_lines) + "\n" if stdin_lines else None
+        if prefix is not None:
+            cmd = [*prefix, "sh", "-c", _MOUNT_AND_RUN, "alarmsieve-pfs", str(root), *cmd]
+        return subprocess.run(cmd, input=stdin, cwd=root, env=env, capture_output=True, text=True, check=False)
+
+    @staticmethod
+    def _log_streams(proc: Any, handler: _ListHandler) -> None:
         for stream, level in ((proc.stdout, "INFO"), (proc.stderr, "WARNING")):
             if stream.strip():
                 handler.lines.append(LogLine(datetime.now(UTC), level, stream.strip()))
+
+    def _run_subprocess(self, task: DatumTask, root: Path, handler: _ListHandler) -> None:
+        proc = self._spawn(self.config.cmd, self.config.stdin, task, root)
+        self._log_streams(proc, handler)
+        if proc.returncode == _MOUNT_FAILED:
+            raise RuntimeError(f"could not mount the datum at {PFS_MOUNT}: {proc.stderr.strip()}")
         if proc.returncode != 0:
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
             raise RuntimeError(f"command {self.config.cmd} exited with code {proc.returncode}: " + " | ".join(tail))
+
+
+# ---- a private /pfs for foreign commands -----------------------------------------------------------------
+
+PFS_MOUNT = "/pfs"
+_MOUNT_FAILED = 97
+# $1 is the datum's scratch folder; the rest is the command. Runs inside the new mount namespace.
+_MOUNT_AND_RUN = f'mount --bind "$1" {PFS_MOUNT} || exit {_MOUNT_FAILED}; shift; cd {PFS_MOUNT} && exec "$@"'
+_namespace_probe: list[list[str] | None] = []
+
+
+def pfs_namespace() -> list[str] | None:
+    """The ``unshare`` prefix that gives a command a private mount namespace with the datum at ``/pfs``.
+
+    Pachyderm code reads ``/pfs/<input>`` and writes ``/pfs/out``; with this, such code runs unchanged.
+    Needs the empty mount point ``/pfs`` (made once by the machine's setup, as root: ``mkdir /pfs``) and
+    ``unshare`` (util-linux) allowed to make a mount namespace (root, or unprivileged user namespaces).
+    Without them, or with ``ALARMSIEVE_PFS_MOUNT=off``, commands get ``$PFS_ROOT`` (a scratch folder).
+    Whether ``unshare`` works is probed once per worker process; the mount point is checked every time.
+    """
+    if os.environ.get("ALARMSIEVE_PFS_MOUNT", "auto").lower() in ("off", "0", "no", "false"):
+        return None
+    if not Path(PFS_MOUNT).is_dir():
+        return None
+    if not _namespace_probe:
+        _namespace_probe.append(_probe_namespace())
+    return _namespace_probe[0]
+
+
+def _probe_namespace() -> list[str] | None:
+    if not Path(PFS_MOUNT).is_dir() or shutil.which("unshare") is None:
+        return None
+    for prefix in (
+        ["unshare", "--mount", "--propagation", "private"],
+        ["unshare", "--user", "--map-root-user", "--mount", "--propagation", "private"],
+    ):
+        try:
+            probe = subprocess.run(
+                [*prefix, "sh", "-c", _MOUNT_AND_RUN, "probe", "/", "true"], capture_output=True, timeout=10
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        if probe.returncode == 0:
+            return prefix
+    return None
 
 
 def worker_main(conn: Connection, config: WorkerConfig) -> None:
@@ -236,4 +317,5 @@ def worker_main(conn: Connection, config: WorkerConfig) -> None:
             return
         if task is None:
             return
-        conn.send(worker.run(task))
+        for one in task if isinstance(task, list) else [task]:  # a batch: one result per datum, as each ends
+            conn.send(worker.run(one))
