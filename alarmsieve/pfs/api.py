@@ -499,7 +499,11 @@ class Pfs:
                 yield FileInfo(path=path, type="file", size=size, sha256=sha256, tag=tag)
 
     def walk_many(self, repo: str, ref: str, prefixes: Iterable[str]) -> Iterator[FileInfo]:
-        """Every file at or below any of ``prefixes`` (each file once), with one query per 100 prefixes."""
+        """Every file at or below any of ``prefixes`` (each file once), in one session.
+
+        One index range scan per prefix: an OR of ranges in one statement would make SQLite scan the
+        whole repo, and planning must cost what changed, not what the repo holds.
+        """
         wanted = sorted({normalize_path(p) for p in prefixes})
         if "/" in wanted:
             yield from self.walk(repo, ref)
@@ -507,14 +511,13 @@ class Pfs:
         seen: set[str] = set()
         with self.session() as s:
             r = self._resolve(s, repo, ref)
-            for start in range(0, len(wanted), 100):
-                chunk = wanted[start : start + 100]
-                ranges = (
-                    or_(FileRow.path == p, and_(FileRow.path > p + "/", FileRow.path < prefix_upper_bound(p)))
-                    for p in chunk
-                )
+            live = self._live(r.repo_id, r.branch, r.seq)
+            for prefix in wanted:
                 q = select(FileRow.path, FileRow.size, FileRow.sha256, FileRow.tag).where(
-                    *self._live(r.repo_id, r.branch, r.seq), or_(*ranges)
+                    *live,
+                    FileRow.path >= prefix,
+                    FileRow.path < prefix_upper_bound(prefix),
+                    or_(FileRow.path == prefix, FileRow.path > prefix + "/"),
                 )
                 for path, size, sha256, tag in s.execute(q):
                     if path not in seen:
