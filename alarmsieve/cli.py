@@ -251,6 +251,11 @@ def put_file(
         dest = ref.path if not ref.path.endswith("/") and ref.path != "/" else f"{ref.path.rstrip('/')}/{source.name}"
         builder.put_local_file(dest, source)
         count = 1
+    if ref.repo == "rules":  # a bad rules commit is refused before it can take effect
+        from alarmsieve.rules.repo import check_rules_change
+
+        puts = {path: ws.pfs.objects.get_bytes(sha) for path, sha in builder.pending_puts().items()}
+        check_rules_change(ws.pfs, puts)
     commit = builder.finish()
     console.print(f"{ref.repo}@{commit.id}: {count} file(s) put")
 

@@ -152,3 +152,18 @@ def test_cli_session(home: Path, shared_dir: Path, model_dir: Path, tmp_path: Pa
     out, _ = cli(home, "serve", "--once", "--interval", "0.1")
     assert b"detect job" in out and b"success" in out
     assert "/cam-1/0002.bmp" in {v["input_path"] for v in lines(cli(home, "verdicts", "--json")[0])}
+
+
+def test_put_file_into_rules_is_validated_first(tmp_path: Path) -> None:
+    home = tmp_path / "ws"
+    assert run_cli("init", home=home).returncode == 0
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("cameras:\n  gate-2:\n    labels:\n      persn: {severity: alert}\n")
+    refused = run_cli("put", "file", "rules@master:/cams.yaml", "-f", str(bad), home=home)
+    assert refused.returncode == 1
+    assert b"unknown label 'persn'" in refused.stderr and b"Nothing was committed" in refused.stderr
+    good = tmp_path / "good.yaml"
+    good.write_text("cameras:\n  gate-2:\n    min_score: 0.6\n")
+    assert run_cli("put", "file", "rules@master:/cams.yaml", "-f", str(good), home=home).returncode == 0
+    commits = lines(run_cli("list", "commit", "rules", "--json", home=home).stdout)
+    assert len(commits) == 2  # the default rules, then the good file; the bad one left no commit

@@ -161,6 +161,10 @@ class CommitBuilder:
         self._puts.pop(path, None)
         self._deletes.append(path)
 
+    def pending_puts(self) -> dict[str, str]:
+        """Path -> sha256 of the files this commit will put (for checks before :meth:`finish`)."""
+        return {path: put.sha256 for path, put in self._puts.items()}
+
     def finish(self) -> CommitInfo:
         if self.finished is None:
             self.finished = self.pfs._commit(self)
