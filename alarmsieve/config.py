@@ -6,6 +6,7 @@ One pydantic-settings model so that every knob has a name, a type and a default 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -22,6 +23,10 @@ class Settings(BaseSettings):
         default=None, description="object store location; default: the objects/ folder of the workspace"
     )
     model_dir: Path | None = Field(default=None, description="folder holding detector model files")
+    executor: Literal["local", "ray"] = Field(
+        default="local", description="where workers run: local processes or Ray actors"
+    )
+    ray_address: str | None = Field(default=None, description="Ray cluster address; unset: a private local cluster")
     model_cache: Path = Field(
         default=Path.home() / ".cache" / "alarmsieve" / "models",
         description="user cache for downloaded models",

@@ -119,6 +119,8 @@ class Workspace:
             catalog_url=self.catalog_url,
             model_dir=self.settings.model_dir,
             model_cache=self.settings.model_cache,
+            executor=self.settings.executor,
+            ray_address=self.settings.ray_address,
         )
 
     def runner_holder(self) -> str | None:

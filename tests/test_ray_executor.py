@@ -106,3 +106,27 @@ def test_resource_requests_map_to_ray_options() -> None:
         "num_gpus": 1.0,
     }
     assert ray_options(None) == {"max_restarts": 0, "max_task_retries": 0, "scheduling_strategy": "SPREAD"}
+
+
+def test_default_pipelines_run_on_ray_actors(
+    ray_cluster: None, tmp_path: Path, shared_dir: Path, model_dir: Path
+) -> None:
+    from alarmsieve.verdicts import read_verdicts
+    from tests.conftest import PROJECT
+
+    ws = Workspace(Settings(home=tmp_path / "ws", model_dir=model_dir, executor="ray"), must_exist=False)
+    ws.init(pipelines_dir=PROJECT / "pipelines")
+    builder = ws.pfs.start_commit("images")
+    builder.put_local_file("/gate/a.png", shared_dir / "images/skimage/astronaut.png")
+    builder.put_local_file("/gate/b.png", shared_dir / "images/skimage/grass.png")
+    builder.finish()
+    with ws.runner() as runner:
+        jobs = runner.run_until_idle()
+        assert {type(pool).__name__ for pool in runner.pools.values()} == {"RayWorkerPool"}
+    assert [(j.pipeline, j.state, j.processed) for j in jobs] == [
+        (p, "success", 2) for p in ("validate", "detect", "assess", "notify")
+    ]
+    assert {v.alarm: v.verdict for v in read_verdicts(ws.pfs)} == {"/gate/a.png": "alert", "/gate/b.png": "dismiss"}
+    assert len(list(ws.outbox.glob("*.eml"))) == 1
+    workers = {d.worker for d in ws.pps.list_datums("detect")}
+    assert workers and all(w.startswith("detect-v") for w in workers)

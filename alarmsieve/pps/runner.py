@@ -54,6 +54,8 @@ class RuntimePaths:
     catalog_url: str
     model_dir: Path | None
     model_cache: Path | None
+    executor: str = "local"  # local | ray
+    ray_address: str | None = None
 
 
 @dataclass
@@ -207,13 +209,26 @@ class Runner:
                 )
 
             timeout = spec.datum_timeout.total_seconds() if spec.datum_timeout else None
-            pool = WorkerPool(
-                make_config,
-                spec.parallelism_spec.workers(self.cpu_count),
-                datum_tries=spec.datum_tries,
-                datum_timeout=timeout,
-                on_worker=self._worker_event(name, version),
-            )
+            workers = spec.parallelism_spec.workers(self.cpu_count)
+            if self.paths.executor == "ray":
+                from alarmsieve.pps.executor_ray import RayWorkerPool
+
+                pool = RayWorkerPool(  # type: ignore[assignment]
+                    make_config,
+                    workers,
+                    datum_tries=spec.datum_tries,
+                    datum_timeout=timeout,
+                    address=self.paths.ray_address,
+                    resource_requests=spec.resource_requests,
+                )
+            else:
+                pool = WorkerPool(
+                    make_config,
+                    workers,
+                    datum_tries=spec.datum_tries,
+                    datum_timeout=timeout,
+                    on_worker=self._worker_event(name, version),
+                )
             self.pools[key] = pool
         return pool
 
