@@ -797,12 +797,11 @@ def demo(
 
 def main() -> None:
     try:
-        known = _known_errors()
-    except Exception:  # pragma: no cover - import problems surface below with their own traceback
-        known = ()
-    try:
         app()
-    except known as exc:  # type: ignore[misc]
+    except Exception as exc:
+        # the error classes are imported only when something failed: start-up stays fast
+        if not isinstance(exc, _known_errors()):
+            raise
         err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(1)
 
