@@ -170,7 +170,32 @@ def test_cron_input_commits_a_tick_file_per_interval(tmp_path: Path) -> None:
 
 
 def test_cron_spec_is_checked() -> None:
-    doc = pipeline_spec("ticker", {"cron": {"name": "tick", "spec": "0 * * * *"}}, ["true"])
+    doc = pipeline_spec("ticker", {"cron": {"name": "tick", "spec": "0 * * *"}}, ["true"])
     with pytest.raises(SpecError) as info:
         parse_spec(doc)
-    assert info.value.field == "input.cron.spec" and "@every" in info.value.reason
+    assert info.value.field == "input.cron.spec" and "five fields" in info.value.reason
+    doc = pipeline_spec("ticker", {"cron": {"name": "tick", "spec": "@every -5s"}}, ["true"])
+    with pytest.raises(SpecError):
+        parse_spec(doc)
+
+
+def test_five_field_cron_ticks_on_its_schedule(tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    ws = new_workspace(tmp_path / "cron5")
+    # at minute 0 of every hour from 09:00 to 17:00 on weekdays
+    create_pipeline(ws, pipeline_spec("ticker", {"cron": {"name": "tick", "spec": "0 9-17 * * 1-5"}}, ["true"]))
+    with ws.runner() as runner:
+        assert runner.tick_crons(now=datetime(2026, 11, 27, 9, 30, tzinfo=UTC)) == ["ticker_tick"]  # first: at once
+        assert runner.tick_crons(now=datetime(2026, 11, 27, 9, 59, tzinfo=UTC)) == []
+        assert runner.tick_crons(now=datetime(2026, 11, 27, 10, 0, tzinfo=UTC)) == ["ticker_tick"]
+        # Friday 17:00 ticks; the next is Monday 09:00, not Saturday
+        assert runner.tick_crons(now=datetime(2026, 11, 27, 17, 0, tzinfo=UTC)) == ["ticker_tick"]
+        assert runner.tick_crons(now=datetime(2026, 11, 28, 12, 0, tzinfo=UTC)) == []
+        assert runner.tick_crons(now=datetime(2026, 11, 30, 9, 0, tzinfo=UTC)) == ["ticker_tick"]
+    assert sorted(tree(ws.pfs, "ticker_tick")) == [
+        "/2026-11-27T09:30:00Z",
+        "/2026-11-27T10:00:00Z",
+        "/2026-11-27T17:00:00Z",
+        "/2026-11-30T09:00:00Z",
+    ]

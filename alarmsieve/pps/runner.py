@@ -26,7 +26,7 @@ from alarmsieve.pfs.api import CommitInfo, Pfs
 from alarmsieve.pps.api import JobInfo, Pps, job_info
 from alarmsieve.pps.datums import Datum, plan_all, plan_changed
 from alarmsieve.pps.executor import WorkerPool, WorkerStartError, _Slot
-from alarmsieve.pps.spec import PipelineSpec, cron_interval
+from alarmsieve.pps.spec import PipelineSpec, cron_next
 from alarmsieve.pps.tables import (
     DatumRow,
     JobRow,
@@ -271,7 +271,7 @@ class Runner:
                 continue
             for cron in spec.cron_inputs():
                 head = self.pfs.head(cron.repo)
-                if head is not None and (now - _tick_time(head)).total_seconds() < cron_interval(cron.spec):
+                if head is not None and cron_next(cron.spec, _tick_time(head)) > now:
                     continue
                 stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
                 builder = self.pfs.start_commit(cron.repo, description=f"cron tick {stamp}")

@@ -19,7 +19,7 @@ import json
 import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from functools import cache
 from importlib import resources
@@ -151,8 +151,9 @@ _INPUT_KINDS = ("pfs", "cross", "union", "join", "group", "cron")
 _CRON_NAMED = {"@hourly": 3600, "@daily": 86400, "@midnight": 86400, "@weekly": 7 * 86400}
 
 
-def cron_interval(spec: str) -> float:
-    """Seconds between ticks of a cron `spec`: `@every <Go duration>`, `@hourly`, `@daily`, `@weekly`."""
+def cron_interval(spec: str) -> float | None:
+    """Seconds between ticks of an interval spec (`@every <Go duration>`, `@hourly`, `@daily`, `@weekly`);
+    None for a five-field cron expression (minute hour day-of-month month day-of-week, UTC)."""
     text = spec.strip()
     if text in _CRON_NAMED:
         return float(_CRON_NAMED[text])
@@ -163,10 +164,29 @@ def cron_interval(spec: str) -> float:
             seconds = Decimal(0)
         if seconds > 0:
             return float(seconds)
-    raise ValueError(
-        f"cron spec {spec!r} is not supported; use `@every <duration>` (e.g. `@every 60s`), `@hourly`, "
-        "`@daily` or `@weekly` (five-field cron expressions are not supported yet)"
-    )
+    else:
+        from cronsim import CronSim, CronSimError
+
+        try:
+            CronSim(text, datetime(2000, 1, 1, tzinfo=UTC))
+            return None
+        except CronSimError as exc:
+            reason = f" ({exc})"
+        raise ValueError(
+            f"cron spec {spec!r} is not valid{reason}; use five fields (e.g. `*/15 * * * *`), "
+            "`@every <duration>` (e.g. `@every 60s`), `@hourly`, `@daily` or `@weekly`"
+        )
+    raise ValueError(f"cron spec {spec!r}: the duration must be positive, e.g. `@every 60s`")
+
+
+def cron_next(spec: str, after: datetime) -> datetime:
+    """The first tick of `spec` after `after` (UTC)."""
+    interval = cron_interval(spec)
+    if interval is not None:
+        return after + timedelta(seconds=interval)
+    from cronsim import CronSim
+
+    return next(CronSim(spec.strip(), after.astimezone(UTC)))
 
 
 class CronInput(_Model):
