@@ -59,3 +59,13 @@ def run_cli(
         timeout=600,
         check=False,
     )
+
+
+@pytest.fixture
+def ws(tmp_path: Path) -> Workspace:
+    """A bare workspace (no default pipelines) that the CLI also opens; the operations tests use it."""
+    from tests.helpers_pps import new_workspace
+
+    w = new_workspace(tmp_path / "ws")
+    (w.home / "workspace.txt").write_text("test workspace\n")  # so the CLI opens it
+    return w

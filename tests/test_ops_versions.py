@@ -6,7 +6,6 @@ Real workspaces, real spawned workers and subprocess transforms, and the real CL
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -14,53 +13,17 @@ import pytest
 from alarmsieve.pps.api import PpsError
 from alarmsieve.pps.spec import parse_spec
 from alarmsieve.workspace import Workspace
-from tests.conftest import run_cli
+from tests.helpers_ops import cli, marker_cmd, out, pipeline_status, status_json
 from tests.helpers_pps import (
     NOOP_CMD,
     commit,
     create_pipeline,
-    new_workspace,
     only,
     pfs_input,
     pipeline_spec,
     run,
     tree,
 )
-
-
-@pytest.fixture
-def ws(tmp_path: Path) -> Workspace:
-    w = new_workspace(tmp_path / "ws")
-    (w.home / "workspace.txt").write_text("test workspace\n")  # so the CLI opens it
-    return w
-
-
-def cli(ws: Workspace, *args: str) -> subprocess.CompletedProcess:
-    return run_cli(*args, home=ws.home)
-
-
-def out(proc: subprocess.CompletedProcess) -> str:
-    return proc.stdout.decode() + proc.stderr.decode()
-
-
-def status_json(ws: Workspace) -> dict:
-    proc = cli(ws, "status", "--json")
-    assert proc.returncode == 0, out(proc)
-    return json.loads(proc.stdout)
-
-
-def pipeline_status(report: dict, name: str) -> dict:
-    return next(p for p in report["pipelines"] if p["name"] == name)
-
-
-def marker_cmd(marker: Path) -> list[str]:
-    """Copies the datum to the output, but fails (exit 7) for a file named bad* until ``marker`` exists."""
-    script = (
-        'for f in data/*; do case "$f" in *bad*) test -e ' + str(marker) + ' || { echo "no marker for $f" >&2; '
-        'exit 7; };; esac; done; cp -R data/. "$PFS_ROOT/out/"'
-    )
-    return ["sh", "-c", script]
-
 
 # ---- versions ---------------------------------------------------------------------------------------------
 
