@@ -8,8 +8,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from alarmsieve.errors import AlarmsieveError
 
 
 class Settings(BaseSettings):
@@ -47,5 +49,16 @@ class Settings(BaseSettings):
         return self.object_store or str(self.resolved_home / "objects")
 
 
+class ConfigError(AlarmsieveError):
+    """An ``ALARMSIEVE_*`` environment variable with a value that cannot be used."""
+
+
 def load_settings() -> Settings:
-    return Settings()
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"ALARMSIEVE_{'_'.join(str(part) for part in err['loc']).upper()}={err.get('input')!r}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ConfigError(f"bad configuration in the environment: {problems}; fix or unset the variable") from None

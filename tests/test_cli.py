@@ -167,3 +167,10 @@ def test_put_file_into_rules_is_validated_first(tmp_path: Path) -> None:
     assert run_cli("put", "file", "rules@master:/cams.yaml", "-f", str(good), home=home).returncode == 0
     commits = lines(run_cli("list", "commit", "rules", "--json", home=home).stdout)
     assert len(commits) == 2  # the default rules, then the good file; the bad one left no commit
+
+
+def test_a_bad_setting_in_the_environment_names_the_variable(tmp_path: Path) -> None:
+    result = run_cli("list", "repo", home=tmp_path / "ws", env={"ALARMSIEVE_EXECUTOR": "bogus"})
+    assert result.returncode == 1
+    assert b"ALARMSIEVE_EXECUTOR='bogus'" in result.stderr and b"'local' or 'ray'" in result.stderr
+    assert b"Traceback" not in result.stderr
