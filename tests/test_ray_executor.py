@@ -57,13 +57,16 @@ def _tasks(ws: Workspace, n: int) -> list[DatumTask]:
 def test_ray_actors_process_every_datum_once_and_survive_a_killed_actor(ray_cluster: None, tmp_path: Path) -> None:
     ws = Workspace(Settings(home=tmp_path / "ws"), must_exist=False)
     marker = tmp_path / "killed-once"
-    # the first datum that finds no marker SIGKILLs its own actor process, mid-datum
+    # the one datum that creates the marker (O_EXCL: two actors racing cannot both win) SIGKILLs its
+    # own actor process, mid-datum
     script = (
         "import os, pathlib, signal\n"
-        f"m = pathlib.Path({str(marker)!r})\n"
         "root = pathlib.Path(os.environ['PFS_ROOT'])\n"
-        "if not m.exists():\n"
-        "    m.write_text('x'); os.kill(os.getppid(), signal.SIGKILL)\n"
+        "try:\n"
+        f"    os.close(os.open({str(marker)!r}, os.O_CREAT | os.O_EXCL | os.O_WRONLY))\n"
+        "    os.kill(os.getppid(), signal.SIGKILL)\n"
+        "except FileExistsError:\n"
+        "    pass\n"
         "for f in (root / 'data').iterdir():\n"
         "    (root / 'out' / f.name).write_text(f.read_text().upper())\n"
     )

@@ -342,9 +342,10 @@ def test_worker_killed_mid_datum_is_replaced_and_the_datum_retried(ws: Workspace
     pfs.create_repo("data")
     files = {"/a.txt": b"a", "/b.txt": b"b", "/c.txt": b"c"}
     commit(pfs, "data", files)
-    # the first datum to run SIGKILLs its worker (the shell's parent) mid-datum, once
+    # the one datum that creates the marker SIGKILLs its worker (the shell's parent) mid-datum; mkdir is
+    # atomic, so two workers racing cannot both win
     script = (
-        'if [ ! -f "$MARK" ]; then echo partial > out/partial.txt; touch "$MARK"; kill -9 $PPID; exit 1; fi; '
+        'if mkdir "$MARK" 2>/dev/null; then echo partial > out/partial.txt; kill -9 $PPID; exit 1; fi; '
         + COPY_DATA
     )
     create_pipeline(ws, pipeline_spec("fragile", pfs_input("data"), sh(script), env={"MARK": str(marker)}))
