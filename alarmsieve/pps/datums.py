@@ -56,7 +56,9 @@ def _make(parts: list[_Part], salt: str) -> Datum:
     return Datum(ident, datum_hash(ident, files, salt), [(p.input.name, p.root) for p in parts], files)
 
 
-def _pfs_parts(pfs: Pfs, leaf: PfsInput, commit: str, roots: Iterable[str] | None = None) -> list[_Part]:
+def _pfs_parts(pfs: Pfs, leaf: PfsInput, commit: str | None, roots: Iterable[str] | None = None) -> list[_Part]:
+    if commit is None:  # an input repo without commits yet is empty
+        return []
     glob = compile_glob(leaf.glob)
     entries = list(pfs.walk(leaf.repo, commit)) if roots is None else list(pfs.walk_many(leaf.repo, commit, roots))
     grouped: dict[str, list[DatumFile]] = {}
@@ -70,7 +72,7 @@ def _pfs_parts(pfs: Pfs, leaf: PfsInput, commit: str, roots: Iterable[str] | Non
 
 def _parts_of(pfs: Pfs, node: Input, commits: dict[str, str]) -> list[list[_Part]]:
     if node.pfs is not None:
-        return [[part] for part in _pfs_parts(pfs, node.pfs, commits[node.pfs.name])]
+        return [[part] for part in _pfs_parts(pfs, node.pfs, commits.get(node.pfs.name))]
     if node.union is not None:
         return [combo for child in node.union for combo in _parts_of(pfs, child, commits)]
     if node.cross is not None:
@@ -78,7 +80,7 @@ def _parts_of(pfs: Pfs, node: Input, commits: dict[str, str]) -> list[list[_Part
         return [[p for group in combo for p in group] for combo in itertools.product(*children)]
     if node.cron is not None:
         leaf = node.cron.as_pfs()
-        return [[part] for part in _pfs_parts(pfs, leaf, commits[leaf.name])]
+        return [[part] for part in _pfs_parts(pfs, leaf, commits.get(leaf.name))]
     if node.join is not None:
         return _join_parts(pfs, node.join, commits)
     if node.group is not None:
@@ -95,7 +97,7 @@ def _keyed(pfs: Pfs, children: list[Input], commits: dict[str, str], join: bool)
         glob = compile_glob(leaf.glob)
         template = leaf.join_on if join else leaf.group_by
         by_key: dict[str, list[_Part]] = {}
-        for part in _pfs_parts(pfs, leaf, commits[leaf.name]):
+        for part in _pfs_parts(pfs, leaf, commits.get(leaf.name)):
             by_key.setdefault(glob.expand(template, part.root), []).append(part)
         out.append(by_key)
     return out

@@ -283,13 +283,17 @@ class Runner:
         return ticked
 
     def _input_commits(self, spec: PipelineSpec) -> dict[str, CommitInfo] | None:
+        """The head commit of every input that has one; None (nothing to do) while no input has any.
+
+        An input without commits counts as empty, so a union of `images` and `frames` runs on images
+        before any video has arrived (and a cross with an empty side has no datums, as in Pachyderm).
+        """
         commits: dict[str, CommitInfo] = {}
         for leaf in spec.input.pfs_inputs():
             head = self.pfs.head(leaf.repo, leaf.branch)
-            if head is None:
-                return None
-            commits[leaf.name] = head
-        return commits
+            if head is not None:
+                commits[leaf.name] = head
+        return commits or None
 
     def run_pipeline_once(self, name: str) -> JobInfo | None:
         spec, version, salt, state = self.pps.get_spec(name)
@@ -486,7 +490,12 @@ class Runner:
     ) -> tuple[dict[str, Datum], set[str], dict[str, _Processed], bool]:
         leaves = spec.input.pfs_inputs()
         with self.pfs.session() as s:
-            if spec.input.pfs is not None and last_inputs is not None and leaves[0].name in last_inputs:
+            if (
+                spec.input.pfs is not None
+                and last_inputs is not None
+                and leaves[0].name in last_inputs
+                and leaves[0].name in commit_ids
+            ):
                 leaf = leaves[0]
                 failed_roots = [
                     json.loads(roots)[0][1]
