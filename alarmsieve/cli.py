@@ -617,11 +617,25 @@ def serve(
             while True:
                 for job in runner.run_until_idle():
                     console.print(f"{job.pipeline} job {job.id}: {job.state} ({job.processed} processed)")
+                end_quiet_incidents(ws)
                 if once:
                     return
                 time.sleep(interval)
         except KeyboardInterrupt:
             console.print("stopped")
+
+
+def end_quiet_incidents(ws: Any) -> None:
+    """Publish the MQTT ``end`` of incidents that went quiet; a bad configuration never stops serving."""
+    from alarmsieve.errors import AlarmsieveError
+    from alarmsieve.notify.sweep import end_quiet_incidents as sweep
+
+    try:
+        for result in sweep(ws.pfs, ws.catalog_url, ws.outbox):
+            if result.state == "sent":
+                console.print(f"incident end published: {result.key} ({result.channel})")
+    except AlarmsieveError as exc:
+        console.print(f"[yellow]incident ends not published: {exc}[/yellow]")
 
 
 def _serve_http(ws: Any, interval: float, host: str, port: int) -> None:

@@ -337,5 +337,73 @@ def test_cli_lists_and_retries_dead_letters(make_workspace, tmp_path: Path) -> N
         assert again.returncode == 0 and b"no failed notifications" in again.stdout
     assert len(good.messages) == 1
     shown = run_cli("inspect", "notification", str(row["id"]), "--json", home=ws.home)
+    assert shown.returncode == 0, shown.stderr
     [view] = [json.loads(x) for x in shown.stdout.splitlines()]
     assert (view["state"], view["attempts"], view["dead_letter"]) == ("sent", 2, False)
+
+
+def test_a_quiet_incident_ends_on_its_own_once_and_never_twice(url: str, tmp_path: Path) -> None:
+    prefix = f"alarmsieve-quiet-{id(url)}"
+    cfg = config(
+        channels=[{"name": "bus", "type": "mqtt", "topic_prefix": prefix}],
+        routes=[{"channel": "bus"}],
+        grouping={"window_s": 30, "update_every_s": 15},
+    )
+    d = dispatcher(url, tmp_path)
+    now = datetime.now(UTC)
+    with MqttSubscriber(prefix) as sub:
+        for i in range(3):  # a replay of old alarms: their times are long past, but they just arrived
+            d.dispatch(cfg, alarm(i, seconds=i * 2), ["person"])
+        assert d.end_quiet_incidents(cfg, now) == []  # alarms joined it moments ago: still open
+        [ended] = d.end_quiet_incidents(cfg, now + timedelta(seconds=31))
+        assert (ended.kind, ended.state) == ("end", "sent")
+        assert d.end_quiet_incidents(cfg, now + timedelta(seconds=60)) == []  # ended once, done
+        d.dispatch(cfg, alarm(3, seconds=8), ["person"])  # the same intruder again: a new incident
+        sub.wait_for(3 + 3 + 1 + 2)
+    events = sub.events()
+    assert [e["type"] for e in events] == ["new", "update", "update", "end", "new"]
+    assert {e["id"] for e in events[:4]} == {events[0]["id"]} != {events[4]["id"]}
+    assert events[3]["labels"] == ["person"] and events[3]["alarms"] == 3
+    assert [r.kind for r in NotificationLedger(url).list()].count("end") == 1
+
+
+def test_an_end_the_broker_did_not_take_is_sent_by_a_later_sweep(url: str, tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as probe:  # a port nobody listens on: the broker is down
+        probe.bind(("127.0.0.1", 0))
+        dead_port = probe.getsockname()[1]
+    prefix = f"alarmsieve-down-{id(url)}"
+    up = config(channels=[{"name": "bus", "type": "mqtt", "topic_prefix": prefix}], routes=[{"channel": "bus"}])
+    down = up.model_copy(update={"channels": [up.channels[0].model_copy(update={"port": dead_port})]})
+    d = dispatcher(url, tmp_path)
+    later = datetime.now(UTC) + timedelta(minutes=10)
+    with MqttSubscriber(prefix) as sub:
+        d.dispatch(up, alarm(0, seconds=0), ["person"])
+        [failed] = dispatcher(url, tmp_path).end_quiet_incidents(down, later)
+        assert failed.state == "failed" and "unreachable" in failed.reason
+        [sent] = dispatcher(url, tmp_path).end_quiet_incidents(up, later)  # the broker is back
+        assert sent.state == "sent" and sent.key == failed.key
+        sub.wait_for(3)
+    assert [e["type"] for e in sub.events()] == ["new", "end"]
+
+
+def test_serve_sweep_reads_the_configuration_from_the_rules_repo(make_workspace, tmp_path: Path) -> None:
+    from alarmsieve.notify.sweep import end_quiet_incidents, read_notify_config
+
+    ws = make_workspace()
+    assert read_notify_config(ws.pfs) is None and end_quiet_incidents(ws.pfs, ws.catalog_url, ws.outbox) == []
+    prefix = f"alarmsieve-sweep-{id(ws)}"
+    doc = {"channels": [{"name": "bus", "type": "mqtt", "topic_prefix": prefix}], "routes": [{"channel": "bus"}]}
+    builder = ws.pfs.start_commit("rules")
+    builder.put_bytes("/notify.json", json.dumps(doc).encode())
+    builder.finish()
+    cfg = read_notify_config(ws.pfs)
+    assert cfg is not None and cfg.channels[0].name == "bus"
+    Dispatcher(
+        NotificationLedger(ws.catalog_url), IncidentBook(ws.catalog_url), ws.outbox, {}, max_attempts=1
+    ).dispatch(cfg, alarm(0, seconds=0), ["person"])
+    with MqttSubscriber(prefix) as sub:
+        [result] = end_quiet_incidents(ws.pfs, ws.catalog_url, ws.outbox, now=datetime.now(UTC) + timedelta(hours=1))
+        sub.wait_for(1)
+    assert result.state == "sent" and [e["type"] for e in sub.events()] == ["end"]

@@ -68,13 +68,9 @@ def _ledger(ws: Any) -> Any:
 
 
 def _config(ws: Any) -> Any:
-    from alarmsieve.notify.config import load_config
+    from alarmsieve.notify.sweep import read_notify_config
 
-    head = ws.pfs.head("rules")
-    if head is None:
-        return None
-    files = {f.path: ws.pfs.objects.get_bytes(f.sha256 or "") for f in ws.pfs.walk("rules", head.id)}
-    return load_config(files)[1]
+    return read_notify_config(ws.pfs)
 
 
 @list_app.command("notification")

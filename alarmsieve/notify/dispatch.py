@@ -7,6 +7,7 @@ the rate limit and the dead-letter list all work per recipient.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -24,7 +25,7 @@ from alarmsieve.notify.channels import (
     WebhookChannel,
 )
 from alarmsieve.notify.config import ChannelConfig, NotifyConfig, NotifyConfigError
-from alarmsieve.notify.grouping import IncidentBook
+from alarmsieve.notify.grouping import SEVERITY_RANK, IncidentBook
 from alarmsieve.notify.ledger import NotificationLedger
 from alarmsieve.notify.message import AlarmNotification
 
@@ -221,6 +222,62 @@ class Dispatcher:
             update={**common, "key": f"end:{ended}:{channel.name}"[:200], "kind": "end", "incident_id": ended}
         )
         self.ledger.deliver_once(channel, n, max_attempts=self.max_attempts, backoff=self.backoff, retry_dead=False)
+
+    def end_quiet_incidents(self, config: NotifyConfig, now: datetime | None = None) -> list[DeliveryResult]:
+        """Close the incidents no alarm joined for the grouping window and publish their MQTT ``end``.
+
+        Called by the serve loops every few seconds, so ``end`` follows the last alarm by about one
+        window instead of waiting for the camera's next incident. Same keys as the ``end`` sent when a
+        new incident replaces an old one: the ledger sends each ``end`` once, whoever gets there first.
+        """
+        results: list[DeliveryResult] = []
+        window = config.grouping.window_s
+        for incident in self.book.end_quiet(now or datetime.now(UTC), window):
+            verdict = "alert" if incident.severity >= SEVERITY_RANK["alert"] else "review"
+            base = AlarmNotification(
+                key=f"end:{incident.id}",
+                camera=incident.camera,
+                alarm_path="",
+                time=incident.last_at,
+                verdict=verdict,
+                reasons=[f"incident ended: no alarm for {window:.0f}s"],
+                objects=[{"label": label} for label in json.loads(incident.labels)],
+                rules_version="",
+                model="",
+                annotated_jpeg=b"",
+                site=incident.site,
+                timezone=config.timezone_of(incident.camera),
+                kind="end",
+                incident_id=incident.id,
+                incident_alarms=incident.alarms,
+            )
+            delivered = True
+            for route in config.routes_for(incident.camera, verdict):
+                cfg = config.channel(route.channel)
+                if cfg.type != "mqtt":
+                    continue
+                channel = self.channel(config, cfg, None)
+                n = base.model_copy(update={"key": f"end:{incident.id}:{channel.name}"[:200]})
+                # One attempt per sweep: the sweep itself is the retry loop, and a broker that is down
+                # must not hold up the serve loop with backoff sleeps.
+                out = self.ledger.deliver_once(channel, n, max_attempts=1, retry_dead=False)
+                delivered = delivered and (out.state == "sent" or out.dead)  # a dead letter waits for `retry`
+                results.append(
+                    DeliveryResult(
+                        channel=cfg.name,
+                        recipient=channel.recipient,
+                        key=n.key,
+                        kind="end",
+                        state="already_sent" if out.already_sent else ("sent" if out.state == "sent" else "failed"),
+                        provider_id=out.provider_id,
+                        attempts=out.attempts,
+                        dead=out.dead,
+                        reason=out.last_error or "",
+                    )
+                )
+            if delivered:
+                self.book.mark_end_sent(incident.id)
+        return results
 
     def _rate_limited(
         self, config: NotifyConfig, channel: Channel, name: str, who: str, n: AlarmNotification

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
-from sqlalchemy import Integer, String, Text, select, update
+from sqlalchemy import Boolean, Integer, String, Text, false, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
@@ -57,6 +57,11 @@ class Incident(Base):
     severity: Mapped[int] = mapped_column(Integer)
     labels: Mapped[str] = mapped_column(Text)  # JSON list
     alarms: Mapped[int] = mapped_column(Integer)
+    # Wall-clock time of the last alarm that joined: a replay of old alarms (alarm times long past)
+    # keeps its incident open while alarms keep arriving.
+    touched_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    end_sent: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class AlarmAssignment(Base):
@@ -153,10 +158,13 @@ class IncidentBook:
                 incident.severity = max(incident.severity, rank)
                 incident.labels = json.dumps(sorted(seen | set(labels)))
                 incident.alarms += 1
+                incident.touched_at = datetime.now(UTC)
                 incident.last_at = max(incident.last_at, t)
                 incident.opened_at = min(incident.opened_at, t)
             else:
                 ended = incident.id if incident is not None else None
+                if incident is not None:
+                    incident.ended_at = datetime.now(UTC)
                 kind = "new"
                 incident = Incident(
                     id=uuid.uuid4().hex,
@@ -169,6 +177,7 @@ class IncidentBook:
                     severity=rank,
                     labels=json.dumps(sorted(set(labels))),
                     alarms=1,
+                    touched_at=datetime.now(UTC),
                 )
                 s.add(incident)
                 s.execute(update(NotifyScope).where(NotifyScope.scope == scope).values(incident_id=incident.id))
@@ -183,6 +192,44 @@ class IncidentBook:
             )
             s.commit()
             return Assignment(incident.id, kind, incident.alarms, ended)
+
+    def end_quiet(self, now: datetime, window_s: float) -> list[Incident]:
+        """Close every open incident that no alarm joined for ``window_s`` (by alarm time and by wall
+        clock); return the closed incidents whose ``end`` is not yet sent (those closed before too, so a
+        crash between closing and sending loses no ``end``)."""
+        now = _utc(now)
+        cutoff = now - timedelta(seconds=window_s)
+        with self._session() as s:
+            quiet = s.execute(
+                select(NotifyScope.scope, Incident.id)
+                .join(Incident, Incident.id == NotifyScope.incident_id)
+                .where(Incident.last_at < cutoff, (Incident.touched_at.is_(None)) | (Incident.touched_at < cutoff))
+            ).all()
+        for scope, incident_id in quiet:
+            with self._session() as s:
+                # the scope's lock, then a second look: an alarm may have joined since
+                s.execute(update(NotifyScope).where(NotifyScope.scope == scope).values(touched=NotifyScope.touched + 1))
+                incident = s.get(Incident, incident_id)
+                current = s.scalar(select(NotifyScope.incident_id).where(NotifyScope.scope == scope))
+                touched = _utc(incident.touched_at) if incident is not None and incident.touched_at else None
+                if (
+                    incident is None
+                    or current != incident_id
+                    or _utc(incident.last_at) >= cutoff
+                    or (touched is not None and touched >= cutoff)
+                ):
+                    s.rollback()
+                    continue
+                incident.ended_at = now
+                s.execute(update(NotifyScope).where(NotifyScope.scope == scope).values(incident_id=None))
+                s.commit()
+        with self._session() as s:
+            return list(s.scalars(select(Incident).where(Incident.ended_at.is_not(None), Incident.end_sent.is_(False))))
+
+    def mark_end_sent(self, incident_id: str) -> None:
+        with self._session() as s:
+            s.execute(update(Incident).where(Incident.id == incident_id).values(end_sent=True))
+            s.commit()
 
     def get(self, incident_id: str) -> Incident | None:
         with self._session() as s:
