@@ -218,9 +218,12 @@ def validate_pipeline(
 @put_app.command("file")
 def put_file(
     target: Annotated[str, typer.Argument(help="REPO@BRANCH:/path")],
-    file: Annotated[str | None, typer.Option("--file", "-f", help="local file, or - for stdin")] = None,
+    file: Annotated[
+        str | None, typer.Option("--file", "-f", help="local file, - for stdin, or s3://BUCKET/KEY")
+    ] = None,
     recursive: Annotated[
-        Path | None, typer.Option("--recursive", "-r", help="put a whole folder under the path")
+        str | None,
+        typer.Option("--recursive", "-r", help="put a whole folder (or every object under s3://BUCKET/PREFIX/)"),
     ] = None,
     message: Annotated[str, typer.Option("--message", "-m")] = "",
 ) -> None:
@@ -233,11 +236,29 @@ def put_file(
     ws = workspace()
     builder = ws.pfs.start_commit(ref.repo, ref.ref, description=message)
     count = 0
-    if recursive is not None:
-        if not recursive.is_dir():
+    if (recursive or file or "").startswith("s3://"):
+        from alarmsieve.pfs.objects_s3 import S3SourceError, list_s3_prefix, open_s3_object, s3_client
+
+        try:  # bodies stream from S3 into the object store (spooled to hash them); nothing is held whole
+            client = s3_client()
+            if recursive is not None:
+                bucket = recursive.removeprefix("s3://").split("/", 1)[0]
+                for rel, key in list_s3_prefix(client, recursive):
+                    builder.put_stream(ref.path.rstrip("/") + "/" + rel, open_s3_object(client, f"s3://{bucket}/{key}"))
+                    count += 1
+            else:
+                name = (file or "").rstrip("/").rsplit("/", 1)[-1]
+                dest = ref.path if not ref.path.endswith("/") and ref.path != "/" else f"{ref.path.rstrip('/')}/{name}"
+                builder.put_stream(dest, open_s3_object(client, file or ""))
+                count = 1
+        except S3SourceError as exc:
+            fail(f"{'-r' if recursive else '-f'} {exc}", 2)
+    elif recursive is not None:
+        folder = Path(recursive)
+        if not folder.is_dir():
             fail(f"-r {recursive}: not a folder", 2)
-        for path in sorted(p for p in recursive.rglob("*") if p.is_file()):
-            dest = ref.path.rstrip("/") + "/" + path.relative_to(recursive).as_posix()
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            dest = ref.path.rstrip("/") + "/" + path.relative_to(folder).as_posix()
             builder.put_local_file(dest, path)
             count += 1
     elif file == "-":
@@ -678,24 +699,53 @@ def verdicts(
     since: Annotated[str | None, typer.Option("--since", help="ISO time or 30m / 2h / 7d")] = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """List verdicts: device, time, verdict, reasons, detections, model and rules version."""
-    from alarmsieve.verdicts import read_verdicts, verdict_json
+    """List verdicts: device, time, verdict, reasons, detections, model and rules version; clips with their frames."""
+    from alarmsieve.verdicts import entry_json, list_verdicts
 
-    records = read_verdicts(workspace().pfs, device=device, since=parse_since(since))
+    entries = list_verdicts(workspace().pfs, device=device, since=parse_since(since))
     if as_json:
-        return emit_json([verdict_json(r) for r in records])
-    console.print(verdict_table(records))
+        return emit_json([entry_json(e) for e in entries])
+    console.print(verdict_table(entries))
 
 
 def verdict_table(records: list[Any]) -> Table:
+    """Snapshots one row each; a clip (``verdicts.ClipEntry``) a row, then one indented row per frame."""
+    from alarmsieve.verdicts import ClipEntry
+
     colours = {"alert": "bold red", "review": "yellow", "dismiss": "green"}
     table = Table("CAMERA", "FILE", "OBJECTS", "VERDICT", "REASON", box=None)
+
+    def objects_of(r: Any) -> str:
+        return ", ".join(f"{d.label} {d.score:.2f}" for d in r.detections) or "-"
+
     for r in records:
-        objects = ", ".join(f"{d.label} {d.score:.2f}" for d in r.detections) or "-"
+        if isinstance(r, ClipEntry):  # a clip and its frames
+            c = r.clip
+            table.add_row(
+                c.camera,
+                f"{c.clip.rsplit('/', 1)[-1]} (clip, {len(r.frames)} frames)",
+                ", ".join(f"{d.label} {d.score:.2f}" for d in c.detections if d.kept) or "-",
+                f"[{colours[c.verdict]}]{c.verdict}[/]",
+                "; ".join(c.reasons[:2]),
+            )
+            for f in r.frames:
+                ref = f.clip
+                decided = " (decided)" if f.alarm == c.deciding_frame else ""
+                table.add_row(
+                    "",
+                    f"  {ref.offset_s:6.1f}s {'+'.join(ref.reasons)}{decided}",
+                    objects_of(f),
+                    f"[{colours[f.verdict]}]{f.verdict}[/]",
+                    f.reasons[0] if f.reasons else "",
+                )
+            continue
+        name = r.alarm.rsplit("/", 1)[-1]
+        if r.clip is not None:  # a frame whose clip has no clip verdict yet
+            name = f"{r.clip.clip.rsplit('/', 1)[-1]} @ {r.clip.offset_s:.1f}s"
         table.add_row(
             r.camera,
-            r.alarm.rsplit("/", 1)[-1],
-            objects,
+            name,
+            objects_of(r),
             f"[{colours[r.verdict]}]{r.verdict}[/]",
             r.reasons[0] if r.reasons else "",
         )

@@ -29,6 +29,16 @@ class Settings(BaseSettings):
         default="local", description="where workers run: local processes or Ray actors"
     )
     ray_address: str | None = Field(default=None, description="Ray cluster address; unset: a private local cluster")
+    runners: Literal["auto", "single", "shared"] = Field(
+        default="auto",
+        description="single: this runner works alone; shared: runners on one catalog share jobs and "
+        "datums through leases; auto: shared unless the catalog is SQLite",
+    )
+    lease_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="shared runners: how long a claimed datum stays with a runner that stops renewing it",
+    )
     model_cache: Path = Field(
         default=Path.home() / ".cache" / "alarmsieve" / "models",
         description="user cache for downloaded models",

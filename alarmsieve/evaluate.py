@@ -1,8 +1,13 @@
 """``alarmsieve eval``: run the pipeline on a labelled set and count missed threats and suppression.
 
-A threat image is one whose labels include a label the rules alert on (person by default). A threat
-is *missed* when its verdict is not ``alert``; a calm image is *suppressed* when its verdict is
-``dismiss`` (a ``review`` costs an operator's look, so it is counted as load, not as suppression).
+A threat image is one whose labels include a label the rules alert on (person by default). Definitions
+(docs/quality.md):
+
+- a threat is *missed* when it never reaches a person: its verdict is ``dismiss`` (or none was made).
+  A ``review`` reaches an operator (never dismiss on doubt), so it is not a miss; *recall* is the share
+  of threats that reach a person, and *alerted* the stricter share whose verdict is ``alert``;
+- a calm image is *suppressed* only when its verdict is ``dismiss``: a ``review`` costs an operator's
+  look as an alert does, so both count as *operator load*, never as suppression.
 The run happens in a private temporary workspace: nothing is notified, the user's data is untouched.
 
 Every share comes with its 95 % Wilson interval, overall, per label and per camera; the report also
@@ -81,8 +86,12 @@ class ImageOutcome(BaseModel):
     boxes: list[OutcomeBox] = []
 
 
+REACHES_A_PERSON = ("alert", "review")
+
+
 class GroupStats(BaseModel):
-    """One label's or one camera's figures; ``missed`` over threats, ``suppression`` over calm images."""
+    """One label's or one camera's figures; ``missed`` (dismissed) and ``alerted`` over threats,
+    ``suppression`` over calm images."""
 
     name: str
     images: int
@@ -95,6 +104,7 @@ class GroupStats(BaseModel):
     suppression: Proportion
     alerts_on_calm: int
     reviews_on_calm: int
+    alerted: Proportion | None = None
 
 
 class OperatorLoad(BaseModel):
@@ -130,7 +140,9 @@ class EvalReport(BaseModel):
     outcomes: list[ImageOutcome]
     missed_ci: tuple[float, float] | None = None
     suppression_ci: tuple[float, float] | None = None
-    recall: Proportion | None = None
+    recall: Proportion | None = None  # threats that reach a person (alert or review)
+    alerted: Proportion | None = None  # threats alerted
+    reviewed_threats: list[ImageOutcome] = []  # threats that reached a person through review only
     missed_detail: Proportion | None = None
     suppression_detail: Proportion | None = None
     operator_load: OperatorLoad | None = None
@@ -140,6 +152,7 @@ class EvalReport(BaseModel):
     # the issue's targets: threats with a threat box >= min_threat_area, and calm images with no vehicle
     min_threat_area: float = 0.005
     large_threat_recall: Proportion | None = None
+    large_threat_alerted: Proportion | None = None
     clear_calm_suppression: Proportion | None = None
     detect_args: list[str] = []
 
@@ -234,10 +247,11 @@ def _group(name: str, outcomes: list[ImageOutcome]) -> GroupStats:
         alerts=sum(o.verdict == "alert" for o in outcomes),
         reviews=sum(o.verdict == "review" for o in outcomes),
         dismissed=sum(o.verdict == "dismiss" for o in outcomes),
-        missed=proportion(sum(o.verdict != "alert" for o in threats), len(threats)),
+        missed=proportion(sum(o.verdict not in REACHES_A_PERSON for o in threats), len(threats)),
         suppression=proportion(sum(o.verdict == "dismiss" for o in calm), len(calm)),
         alerts_on_calm=sum(o.verdict == "alert" for o in calm),
         reviews_on_calm=sum(o.verdict == "review" for o in calm),
+        alerted=proportion(sum(o.verdict == "alert" for o in threats), len(threats)),
     )
 
 
@@ -294,7 +308,7 @@ def score(
         )
     threats = [o for o in outcomes if o.threat]
     calm = [o for o in outcomes if not o.threat]
-    misses = [o for o in threats if o.verdict != "alert"]
+    misses = [o for o in threats if o.verdict not in REACHES_A_PERSON]
     suppressed = [o for o in calm if o.verdict == "dismiss"]
     missed_p = proportion(len(misses), len(threats))
     supp_p = proportion(len(suppressed), len(calm))
@@ -322,6 +336,8 @@ def score(
         missed_ci=(missed_p.low, missed_p.high) if missed_p.low is not None and missed_p.high is not None else None,
         suppression_ci=(supp_p.low, supp_p.high) if supp_p.low is not None and supp_p.high is not None else None,
         recall=proportion(len(threats) - len(misses), len(threats)),
+        alerted=proportion(sum(o.verdict == "alert" for o in threats), len(threats)),
+        reviewed_threats=[o for o in threats if o.verdict == "review"],
         missed_detail=missed_p,
         suppression_detail=supp_p,
         operator_load=OperatorLoad(
@@ -334,7 +350,8 @@ def score(
         per_camera=[_group(camera, [o for o in outcomes if o.camera == camera]) for camera in cameras],
         curve=curve(outcomes),
         min_threat_area=min_threat_area,
-        large_threat_recall=proportion(sum(o.verdict == "alert" for o in large), len(large)),
+        large_threat_recall=proportion(sum(o.verdict in REACHES_A_PERSON for o in large), len(large)),
+        large_threat_alerted=proportion(sum(o.verdict == "alert" for o in large), len(large)),
         clear_calm_suppression=proportion(sum(o.verdict == "dismiss" for o in clear), len(clear)),
     )
 
@@ -367,11 +384,16 @@ def run_eval(
         folder = pipelines_dir or default_pipelines_dir()
         specs_dir = Path(tmp) / "pipelines"
         specs_dir.mkdir()
-        for name in EVAL_PIPELINES:
+        names = list(EVAL_PIPELINES)
+        for name in names:  # and the pipelines they read from (validate also reads video frames)
             spec = folder / f"{name}.json"
             if not spec.is_file():
                 raise EvalError(f"eval needs the {name} pipeline spec at {spec}")
-            load_spec_file(spec)
+            for repo in load_spec_file(spec).input_repos():
+                if repo not in names and (folder / f"{repo}.json").is_file():
+                    names.append(repo)
+        for name in names:
+            spec = folder / f"{name}.json"
             if name == "detect" and detect_args:
                 data = json.loads(spec.read_text())
                 data["transform"]["cmd"] = [*data["transform"]["cmd"], *detect_args]

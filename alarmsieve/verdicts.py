@@ -1,13 +1,20 @@
-"""Reading verdicts back out of the ``assess`` repo, for the CLI, eval and the report."""
+"""Reading verdicts back out of the ``assess`` and ``clips`` repos, for the CLI, eval and the report.
+
+A snapshot has one verdict (``assess``). A video clip has one verdict of its own (``clips``) and one
+per sampled frame (``assess``, with ``clip`` set); listings show the clip with its frames under it.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from datetime import datetime
 
+from alarmsieve.errors import AlarmsieveError
 from alarmsieve.pfs.api import Pfs
-from alarmsieve.stages.records import VERDICT_FILE, VerdictRecord
+from alarmsieve.stages.records import CLIP_VERDICT_FILE, VERDICT_FILE, ClipVerdictRecord, VerdictRecord
 
 ASSESS_REPO = "assess"
+CLIPS_REPO = "clips"
 
 
 def read_verdicts(
@@ -27,6 +34,74 @@ def read_verdicts(
         out.append(record)
     out.sort(key=lambda r: (r.time, r.alarm))
     return out
+
+
+def read_clip_verdicts(
+    pfs: Pfs, *, device: str | None = None, since: datetime | None = None, ref: str = "master"
+) -> list[ClipVerdictRecord]:
+    """One verdict per video clip (``clips`` repo), oldest first."""
+    if not pfs.repo_exists(CLIPS_REPO) or pfs.head(CLIPS_REPO, ref) is None:
+        return []
+    out = []
+    for info in pfs.walk(CLIPS_REPO, ref):
+        if not info.path.endswith("/" + CLIP_VERDICT_FILE) or info.sha256 is None:
+            continue
+        record = ClipVerdictRecord.model_validate_json(pfs.objects.get_bytes(info.sha256))
+        if (device and record.camera != device) or (since and record.time < since):
+            continue
+        out.append(record)
+    out.sort(key=lambda r: (r.time, r.clip))
+    return out
+
+
+def find_clip_verdict(pfs: Pfs, alarm: str) -> ClipVerdictRecord | None:
+    """A clip's verdict by its path (/cam-1/0001.mp4) or, when unique, its file name; None if it is no clip."""
+    if not pfs.repo_exists(CLIPS_REPO) or pfs.head(CLIPS_REPO) is None:
+        return None
+    wanted = "/" + alarm.strip("/")
+    found = pfs.lookup(CLIPS_REPO, "master", [f"{wanted}/{CLIP_VERDICT_FILE}"])
+    if found:
+        info = next(iter(found.values()))
+        return ClipVerdictRecord.model_validate_json(pfs.objects.get_bytes(info.sha256 or ""))
+    if "/" in alarm.strip("/"):
+        return None
+    named = [c for c in read_clip_verdicts(pfs) if c.clip.rsplit("/", 1)[-1] == alarm.strip("/")]
+    if len(named) > 1:
+        names = ", ".join(c.clip for c in named[:5])
+        raise AlarmsieveError(f"clip {alarm!r} is ambiguous ({names}); give the full path /camera/file")
+    return named[0] if named else None
+
+
+@dataclass
+class ClipEntry:
+    """A clip's verdict and the verdicts of its sampled frames (in time order)."""
+
+    clip: ClipVerdictRecord
+    frames: list[VerdictRecord] = field(default_factory=list)
+
+    @property
+    def time(self) -> datetime:
+        return self.clip.time
+
+
+def list_verdicts(
+    pfs: Pfs, *, device: str | None = None, since: datetime | None = None
+) -> list[VerdictRecord | ClipEntry]:
+    """Snapshots' verdicts and clips' verdicts (each with its frames), oldest first.
+
+    A frame whose clip has no clip verdict yet (the ``clips`` job has not run) is listed on its own.
+    """
+    clips = {c.clip: ClipEntry(c) for c in read_clip_verdicts(pfs, device=device, since=since)}
+    entries: list[VerdictRecord | ClipEntry] = list(clips.values())
+    for record in read_verdicts(pfs, device=device):
+        if record.clip is not None and record.clip.clip in clips:
+            clips[record.clip.clip].frames.append(record)
+        elif since is None or record.time >= since:
+            entries.append(record)
+    for entry in clips.values():
+        entry.frames.sort(key=lambda r: r.clip.offset_s if r.clip else 0.0)
+    entries.sort(key=lambda e: (e.time, e.clip.clip if isinstance(e, ClipEntry) else e.alarm))
+    return entries
 
 
 def verdict_json(record: VerdictRecord) -> dict:
@@ -57,3 +132,28 @@ def verdict_json(record: VerdictRecord) -> dict:
         "model": record.model.model_dump() if record.model else None,
         "pipeline_versions": record.pipeline_versions,
     }
+
+
+def clip_entry_json(entry: ClipEntry) -> dict:
+    """The public JSON of a clip's verdict with its frames' verdicts (``alarmsieve verdicts --json``)."""
+    c = entry.clip
+    return {
+        "kind": "clip",
+        "input_path": c.clip,
+        "device": c.camera,
+        "time": c.time.isoformat(),
+        "verdict": c.verdict,
+        "reasons": c.reasons,
+        "deciding_frame": c.deciding_frame,
+        "partial": c.partial,
+        "capped": c.capped,
+        "rules_version": c.rules_commit,
+        "model": c.model.model_dump() if c.model else None,
+        "best_frame": f"{CLIPS_REPO}@master:{c.clip}/{c.best_frame_file}" if c.best_frame_file else None,
+        "summary": f"{CLIPS_REPO}@master:{c.clip}/{c.summary_file}" if c.summary_file else None,
+        "frames": [verdict_json(f) for f in entry.frames],
+    }
+
+
+def entry_json(entry: VerdictRecord | ClipEntry) -> dict:
+    return clip_entry_json(entry) if isinstance(entry, ClipEntry) else verdict_json(entry)

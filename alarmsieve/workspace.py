@@ -2,7 +2,8 @@
 
 It wires the layers together from :class:`~alarmsieve.config.Settings` (``ALARMSIEVE_HOME``,
 ``ALARMSIEVE_CATALOG_URL``, ``ALARMSIEVE_MODEL_DIR`` …) and knows the default setup: repos
-``images`` and ``rules`` (with the default rules file) and the pipelines in ``pipelines/*.json``.
+``images`` (snapshots), ``videos`` (clips) and ``rules`` (with the default rules file) and the pipelines in
+``pipelines/*.json``.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from alarmsieve.rules.schema import DEFAULT_RULES_YAML
 from alarmsieve.stages.base import StageServices
 from alarmsieve.stages.registry import build_stage, builtin_stage_of
 
-DEFAULT_REPOS = ("images", "rules")
+DEFAULT_REPOS = ("images", "videos", "rules")
 RULES_FILE = "/default.yaml"
 
 
@@ -121,6 +122,8 @@ class Workspace:
             model_cache=self.settings.model_cache,
             executor=self.settings.executor,
             ray_address=self.settings.ray_address,
+            runners=self.settings.runners,
+            lease_seconds=self.settings.lease_seconds,
         )
 
     def runner_holder(self) -> str | None:

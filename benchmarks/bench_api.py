@@ -1,8 +1,13 @@
 """HTTP API end to end: an alarm posted to a warm server (`serve --http` set-up: uvicorn + the runner loop
 in one process) until its verdict is readable (``GET /api/v1/alarms/{id}?wait=30s``).
 
-1. Latency: ``--alarms`` (200) alarms posted one after another, each waited for: p50 / p95 / p99, against
-   the target p50 ≤ detector time (median ``inference_ms`` of the same alarms) + 50 ms.
+1. Latency: ``--alarms`` (200) alarms posted one after another to a warm, idle server: p50 / p95 / p99
+   until the first verdict is readable, against the target p50 ≤ detector time (median ``inference_ms``
+   of the same alarms) + 50 ms. "Readable" is the first verdict the API gives: the provisional one (the
+   server's in-process validate → detect → assess) or the committed one, whichever comes first. Each
+   alarm is then waited for until its committed verdict (``?final=true``; timed from the post too) and
+   compared with its provisional verdict (``provisional.agrees``) before the next one is posted, so that
+   every alarm meets an idle server (posting the next at once would measure a saturated pipeline).
 2. Sustained rate: alarms offered at rising rates (each for ``--step-seconds``); the highest rate whose p50
    stays within twice the one-at-a-time p50 ("before latency doubles"), with the completed alarms/s.
 
@@ -13,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import threading
@@ -51,8 +57,15 @@ class Poster:
         self.lock = threading.Lock()
         self.base = datetime(2026, 1, 1, tzinfo=UTC)
 
-    def one(self) -> tuple[str, float]:
-        """Post one alarm and wait for its verdict; (alarm id, seconds from post to verdict readable)."""
+    def one(self, final: bool = False) -> tuple[str, float]:
+        alarm_id, seconds, _ = self.one_status(final)
+        return alarm_id, seconds
+
+    def one_status(self, final: bool = False) -> tuple[str, float, dict[str, Any]]:
+        """Post one alarm and wait for its verdict; (alarm id, seconds from post to verdict readable).
+
+        The first verdict readable (provisional or committed), or with ``final`` the committed one.
+        """
         with self.lock:
             n = self.count
             self.count += 1
@@ -65,9 +78,11 @@ class Poster:
         r.raise_for_status()
         alarm_id = r.json()["id"]
         while True:
-            status = self.client.get(f"/api/v1/alarms/{alarm_id}", params={"wait": "30s"}).json()
-            if status["state"] == "done":
-                return alarm_id, time.perf_counter() - began
+            status = self.client.get(
+                f"/api/v1/alarms/{alarm_id}", params={"wait": "30s", "final": "true" if final else "false"}
+            ).json()
+            if status["state"] == "done" or (status["state"] == "provisional" and not final):
+                return alarm_id, time.perf_counter() - began, status
 
     def close(self) -> None:
         self.client.close()
@@ -100,6 +115,37 @@ def offered(poster: Poster, rate: float, count: int) -> tuple[list[float], float
     return latencies, count / (time.perf_counter() - began)
 
 
+def single_alarms(poster: Poster, alarms: int) -> dict[str, Any]:
+    """Alarms posted one at a time to a warm, idle server: each is waited for until its first verdict is
+    readable (timed), then until its committed verdict (timed too) and its notification (the last job),
+    before the next is posted."""
+    ids, readable, committed, fast_det = [], [], [], []
+    counts = {"agree": 0, "differ": 0, "no_provisional": 0, "same_tier": 0}
+    for _ in range(alarms):
+        alarm_id, seconds, first = poster.one_status()
+        began = time.perf_counter() - seconds
+        while True:
+            body = poster.client.get(f"/api/v1/alarms/{alarm_id}", params={"wait": "30s", "final": "true"}).json()
+            if body["state"] == "done":
+                break
+        committed.append((time.perf_counter() - began) * 1000)
+        ids.append(alarm_id)
+        readable.append(seconds * 1000)
+        # idle again: the clips and notify jobs after assess, then the runner's look for more work
+        deadline = time.monotonic() + 30
+        while body["notification"] is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+            body = poster.client.get(f"/api/v1/alarms/{alarm_id}").json()
+        time.sleep(0.1)
+        provisional = body.get("provisional") or {}
+        agrees = provisional.get("agrees")
+        counts["no_provisional" if agrees is None else "agree" if agrees else "differ"] += 1
+        counts["same_tier"] += provisional.get("verdict") == body["verdict"]["verdict"]
+        if (first.get("provisional") or {}).get("detector_ms") is not None:
+            fast_det.append(first["provisional"]["detector_ms"])
+    return {"ids": ids, "readable": readable, "committed": committed, "fast_det": fast_det, "agreement": counts}
+
+
 def run(shared: SharedData, alarms: int = 200, step_seconds: float = 15.0) -> tuple[dict[str, Any], list[Target]]:
     from alarmsieve.api.app import create_app
     from alarmsieve.api.ingest import IngestLimits
@@ -111,7 +157,8 @@ def run(shared: SharedData, alarms: int = 200, step_seconds: float = 15.0) -> tu
         say("SKIPPED: missing " + "; ".join(shared.missing))
         return {"skipped": "missing: " + "; ".join(shared.missing)}, []
     photos = [p.read_bytes() for p in shared.photos[:64]]
-    figures: dict[str, Any] = {}
+    figures: dict[str, Any] = {"cpus": os.cpu_count(), "load_average_at_start": round(os.getloadavg()[0], 2)}
+    say(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} (other processes skew every figure)")
     with temp_folder("api") as home, workspace(home / "ws", shared.model_dir) as ws:
         ws.init()
         loop = PipelineLoop(ws, interval=5.0)
@@ -122,16 +169,16 @@ def run(shared: SharedData, alarms: int = 200, step_seconds: float = 15.0) -> tu
             with ThreadedServer(app) as server:
                 poster = Poster(server.url, token, photos)
                 for _ in range(5):  # warm: workers started, model loaded, first jobs done
-                    poster.one()
-                ids, latencies = [], []
-                for _ in range(alarms):
-                    alarm_id, seconds = poster.one()
-                    ids.append(alarm_id)
-                    latencies.append(seconds)
-                ms = [x * 1000 for x in latencies]
-                det = detector_ms(ws, ids)
+                    poster.one(final=True)
+                single = single_alarms(poster, alarms)
+                ms, agreement = single["readable"], single["agreement"]
+                pipeline_det = detector_ms(ws, single["ids"])
+                # the detector time of the path measured: the fast path's own run on the same alarms (the
+                # pipeline's workers run the same model at a lower priority; their figure is kept too)
+                det = single["fast_det"] or pipeline_det
                 det_p50 = statistics.median(det) if det else float("nan")
                 p50, p95, p99 = (percentile(ms, q) for q in (0.5, 0.95, 0.99))
+                committed = single["committed"]
                 figures["one_at_a_time"] = {
                     "alarms": alarms,
                     "p50_ms": round(p50, 1),
@@ -139,11 +186,26 @@ def run(shared: SharedData, alarms: int = 200, step_seconds: float = 15.0) -> tu
                     "p99_ms": round(p99, 1),
                     "mean_ms": round(statistics.fmean(ms), 1),
                     "detector_p50_ms": round(det_p50, 1),
+                    "pipeline_detector_p50_ms": round(statistics.median(pipeline_det), 1) if pipeline_det else None,
                     "overhead_p50_ms": round(p50 - det_p50, 1),
+                    "committed_p50_ms": round(percentile(committed, 0.5), 1),
+                    "committed_p95_ms": round(percentile(committed, 0.95), 1),
+                    "committed_p99_ms": round(percentile(committed, 0.99), 1),
                 }
+                figures["provisional_vs_committed"] = agreement
                 say(
-                    f"one at a time, {alarms} alarms: p50 {p50:.0f} ms, p95 {p95:.0f} ms, p99 {p99:.0f} ms "
-                    f"(detector p50 {det_p50:.1f} ms; overhead p50 {p50 - det_p50:.0f} ms)"
+                    f"one at a time, {alarms} alarms: first verdict readable p50 {p50:.0f} ms, p95 {p95:.0f} ms, "
+                    f"p99 {p99:.0f} ms (detector p50 {det_p50:.1f} ms; overhead p50 {p50 - det_p50:.0f} ms; the "
+                    f"pipeline's detector p50 {figures['one_at_a_time']['pipeline_detector_p50_ms']} ms)"
+                )
+                say(
+                    f"committed verdict (the pipeline's): p50 {percentile(committed, 0.5):.0f} ms, "
+                    f"p95 {percentile(committed, 0.95):.0f} ms, p99 {percentile(committed, 0.99):.0f} ms"
+                )
+                say(
+                    f"provisional verdict == committed verdict: {agreement['agree']} of {alarms} "
+                    f"(differ {agreement['differ']}, none made {agreement['no_provisional']}); "
+                    f"same alert/review/dismiss: {agreement['same_tier']}"
                 )
 
                 steps = []
@@ -169,6 +231,7 @@ def run(shared: SharedData, alarms: int = 200, step_seconds: float = 15.0) -> tu
                     if done_rate < 0.8 * rate:  # saturated: offering more only queues
                         break
                 figures["rates"] = steps
+                figures["load_average_at_end"] = round(os.getloadavg()[0], 2)
                 figures["sustained_alarms_per_s"] = round(sustained, 2) if sustained else None
                 figures["peak_completed_per_s"] = max(s["completed_per_s"] for s in steps)
                 say(
@@ -178,14 +241,20 @@ def run(shared: SharedData, alarms: int = 200, step_seconds: float = 15.0) -> tu
                 poster.close()
         finally:
             loop.stop()
+    one = figures["one_at_a_time"]
     targets = [
         Target(
             "API end-to-end p50 (post → verdict readable)",
-            figures["one_at_a_time"]["p50_ms"],
+            one["p50_ms"],
             "ms",
             f"≤ detector p50 + 50 ms = {det_p50 + 50:.0f} ms",
-            figures["one_at_a_time"]["p50_ms"] <= det_p50 + 50 if det else None,
-            note=f"p95 {p95:.0f} ms, p99 {p99:.0f} ms; sustained {figures['sustained_alarms_per_s']} alarms/s",
+            one["p50_ms"] <= det_p50 + 50 if det else None,
+            note=(
+                f"p95 {p95:.0f} ms, p99 {p99:.0f} ms; committed verdict p50 {one['committed_p50_ms']:.0f} ms; "
+                f"provisional == committed {agreement['agree']}/{alarms} (same tier {agreement['same_tier']}); "
+                f"sustained {figures['sustained_alarms_per_s']} alarms/s; load average "
+                f"{figures['load_average_at_start']} -> {figures['load_average_at_end']} on {figures['cpus']} CPUs"
+            ),
         )
     ]
     return figures, targets

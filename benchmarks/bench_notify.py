@@ -99,6 +99,7 @@ def _one_channel(channel: dict[str, Any], env: dict[str, str]) -> dict[str, floa
     with temp_folder("notify") as home, workspace(home, None) as ws:
         ws.pfs.create_repo("rules")
         ws.pfs.create_repo("assess")
+        ws.pfs.create_repo("clips")  # notify reads the union of assess and clips (one verdict per video clip)
         route: dict[str, Any] = {"channel": channel["name"]}
         if channel["type"] in ("outbox", "sendgrid", "smtp"):
             route["to"] = ["oncall@example.org"]

@@ -2,8 +2,9 @@
 
 1. Tiled inference on COCO128 (direct detector, one thread): persons under 2 % of the frame found
    (a person box with IoU >= 0.3 and score >= 0.5, the default alert threshold) and ms per 640x480
-   image, for: no tiling, tiling on (default budget: whole frame + at most 2 tiles) and native
-   416-px tiles (``--tile-max 0``).
+   image (median and mean over the images of the best of 3 runs each), for: no tiling, tiling on
+   (default budget: whole frame + at most 2 tiles), auto (the default: tiles only frames with a
+   doubtful person, 0.25 <= score < 0.5) and native 416-px tiles (``--tile-max 0``).
 2. ``eval`` (the real pipeline) on COCO128 + ../shared/images: recall on persons covering >= 0.5 %
    of the frame, suppression on photos with no person and no vehicle, with 95 % Wilson intervals.
 3. The robustness set (seed 0: ../shared/images + 40 COCO128 photos, 8 conditions + original):
@@ -25,8 +26,10 @@ from typing import Any
 from benchmarks.common import SharedData, Target, at_least, at_most, locate_shared, say, temp_folder
 
 SMALL = 0.02
+REPEATS = 3  # timing: best of 3 runs per 640x480 image and variant
 MIN_AREA = 0.005
-TILINGS: dict[str, list[str]] = {"off": [], "on": ["--tiling", "on"]}
+# the default detect stage is `--tiling auto` (large frames, and frames with a doubtful person)
+TILINGS: dict[str, list[str]] = {"auto (default)": [], "off": ["--tiling", "off"], "on": ["--tiling", "on"]}
 
 
 def _iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
@@ -50,6 +53,7 @@ def tiling_gain(shared: SharedData) -> tuple[dict[str, Any], list[Target]]:
     variants = {
         "off": base,
         "on (whole + 2 tiles)": TiledDetector(base, TilingConfig(mode="on")),
+        "auto (doubtful frames)": TiledDetector(base, TilingConfig(mode="auto")),
         "native 416-px tiles": TiledDetector(base, TilingConfig(mode="on", max_tiles=None)),
     }
     found = {k: 0 for k in variants}
@@ -69,10 +73,15 @@ def tiling_gain(shared: SharedData) -> tuple[dict[str, Any], list[Target]]:
                         people.append(((cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w, (cy + bh / 2) * h))
         small += len(people)
         for name, det in variants.items():
-            began = time.perf_counter()
-            boxes = [d.box for d in det.detect(image) if d.label == "person" and d.score >= 0.5]
+            # the best of REPEATS runs: other processes on a shared machine only ever add time
+            times = []
+            for _ in range(REPEATS if (w, h) == (640, 480) else 1):
+                began = time.perf_counter()
+                found_now = det.detect(image)
+                times.append((time.perf_counter() - began) * 1000)
+            boxes = [d.box for d in found_now if d.label == "person" and d.score >= 0.5]
             if (w, h) == (640, 480):
-                ms[name].append((time.perf_counter() - began) * 1000)
+                ms[name].append(min(times))
             found[name] += sum(1 for p in people if any(_iou(p, b) >= 0.3 for b in boxes))
     figures: dict[str, Any] = {"small_persons": small, "images_640x480": len(ms["off"])}
     off_ms = statistics.median(ms["off"])
@@ -82,10 +91,13 @@ def tiling_gain(shared: SharedData) -> tuple[dict[str, Any], list[Target]]:
             "small_recall": round(found[name] / small, 4) if small else None,
             "median_ms_640x480": round(statistics.median(ms[name]), 2),
             "time_ratio": round(statistics.median(ms[name]) / off_ms, 2),
+            "mean_ms_640x480": round(statistics.fmean(ms[name]), 2),
+            "mean_time_ratio": round(statistics.fmean(ms[name]) / statistics.fmean(ms["off"]), 2),
         }
         say(
             f"tiling {name}: small persons (< 2 % of frame) alerted {found[name]}/{small}; "
-            f"median {statistics.median(ms[name]):.1f} ms per 640x480 image ({figures[name]['time_ratio']:.2f}x)"
+            f"median {statistics.median(ms[name]):.1f} ms per 640x480 image ({figures[name]['time_ratio']:.2f}x), "
+            f"mean {statistics.fmean(ms[name]):.1f} ms ({figures[name]['mean_time_ratio']:.2f}x)"
         )
     targets = [
         at_most(
@@ -94,6 +106,13 @@ def tiling_gain(shared: SharedData) -> tuple[dict[str, Any], list[Target]]:
             3.0,
             "x",
             note=f"native 416-px tiles: {figures['native 416-px tiles']['time_ratio']:.2f}x",
+        ),
+        at_most(
+            "mean time per 640x480 image, default tiling (auto) / off",
+            figures["auto (doubtful frames)"]["mean_time_ratio"],
+            3.0,
+            "x",
+            note="auto tiles only frames with a doubtful person",
         ),
         at_least(
             "persons < 2 % of the frame alerted with tiling on, gain over off",
@@ -134,19 +153,22 @@ def targets_on_shared(shared: SharedData) -> tuple[dict[str, Any], list[Target]]
             _eval(shared, shared.root / "images", shared.root / "images/labels.csv", args),
         ]
         recall = _combined(reports, "large_threat_recall")
+        alerted = _combined(reports, "large_threat_alerted")
         supp = _combined(reports, "clear_calm_suppression")
         missed = [o.file for o in reports[0].misses if (o.threat_area or 0) >= MIN_AREA] + [
             o.file for o in reports[1].misses
         ]
         figures[f"tiling {name}"] = {
             "recall_persons_ge_0.5pct": recall.model_dump(),
+            "alerted_persons_ge_0.5pct": alerted.model_dump(),
             "suppression_no_person_no_vehicle": supp.model_dump(),
             "missed": missed,
             "all_threats_missed": [r.missed_detail.model_dump() for r in reports],
             "operator_load": [r.operator_load.model_dump() for r in reports],
         }
         say(
-            f"tiling {name}: recall on persons >= 0.5 % of frame {recall.text()}; missed: {', '.join(missed) or 'none'}"
+            f"tiling {name}: recall (alert or review) on persons >= 0.5 % of frame {recall.text()}; "
+            f"missed (dismissed): {', '.join(missed) or 'none'}; alerted {alerted.text()}"
         )
         say(f"tiling {name}: suppression, no person and no vehicle {supp.text()}")
         targets.append(

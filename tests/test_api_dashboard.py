@@ -91,7 +91,7 @@ def test_post_review_open_mark_wrong(served: tuple[Workspace, str, subprocess.Po
         r = c.post("/api/v1/alarms", data={"camera": "yard-1", "site": "depot"}, files={"file": ("a.bmp", image)})
         assert r.status_code == 202, r.text
         alarm_id = r.json()["id"]
-        status = c.get(f"/api/v1/alarms/{alarm_id}", params={"wait": "30s"}).json()
+        status = c.get(f"/api/v1/alarms/{alarm_id}", params={"wait": "30s", "final": "true"}).json()
         assert status["state"] == "done" and status["verdict"]["verdict"] == "alert", status
 
     with sync_playwright() as p:

@@ -109,7 +109,7 @@ def test_cli_session(home: Path, shared_dir: Path, model_dir: Path, tmp_path: Pa
 
     # ---- run, jobs, datums, logs
     jobs = lines(cli(home, "run", "--json")[0])
-    assert {j["pipeline"] for j in jobs} == {"validate", "detect", "assess", "notify", "copy"}
+    assert {j["pipeline"] for j in jobs} == {"validate", "detect", "assess", "clips", "notify", "copy"}
     assert all(j["state"] == "success" for j in jobs)
     pipelines = {p["name"]: p for p in lines(cli(home, "list", "pipeline", "--json")[0])}
     assert pipelines["detect"]["last_job"]["state"] == "success" and pipelines["detect"]["parallelism"] == 2

@@ -44,7 +44,7 @@ def test_compare_a_stricter_detector_before_updating(
     )
     assert result.returncode == 0, result.stderr.decode()
     report = json.loads(result.stdout)
-    assert report["pipelines_run"] == ["detect", "assess"]  # notify is never run
+    assert report["pipelines_run"] == ["detect", "assess", "clips"]  # notify is never run
     assert {(f["alarm"], f["before"], f["after"]) for f in report["flips"]} == {
         ("/front/astronaut.png", "alert", "dismiss"),
         ("/back/squat.bmp", "alert", "dismiss"),

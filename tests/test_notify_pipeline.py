@@ -16,7 +16,7 @@ from alarmsieve.workspace import Workspace
 from tests.conftest import PROJECT, run_cli
 from tests.test_notify_servers import FakeSendGrid, MqttSubscriber, SmtpServer, WebhookReceiver
 
-PIPELINES = ("validate", "detect", "assess", "notify")
+PIPELINES = ("validate", "detect", "assess", "clips", "notify")  # frames waits for a clip
 SG_KEY = "SG.pipeline-test-key"
 HOOK_SECRET = "pipeline-hook-secret"
 

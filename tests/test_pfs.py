@@ -503,3 +503,32 @@ def test_parse_file_ref_forms(pfs: Pfs) -> None:
         parse_file_ref("images@../x:/a")
     with pytest.raises(PathError, match="relative components"):
         parse_file_ref("images@master:/../../etc/passwd")
+
+
+def test_concurrent_committers_to_one_branch_all_land_in_order(tmp_path: Path) -> None:
+    """Separate processes committing to one repo on SQLite: every commit lands, seq numbers form a chain."""
+    ws = new_workspace(tmp_path)
+    ws.pfs.create_repo("busy")
+    go = tmp_path / "go"
+    script = textwrap.dedent(
+        f"""
+        from alarmsieve.config import Settings
+        from alarmsieve.workspace import Workspace
+        import pathlib, time
+        ws = Workspace(Settings(home={str(ws.home)!r}, catalog_url=None, object_store=None), must_exist=False)
+        while not pathlib.Path({str(go)!r}).exists():  # all start together, so that they contend
+            time.sleep(0.005)
+        for i in range(40):
+            b = ws.pfs.start_commit("busy")
+            b.put_bytes(f"/{{__import__('os').getpid()}}/{{i}}.txt", b"x")
+            b.finish()
+        """
+    )
+    procs = [subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE) for _ in range(4)]
+    time.sleep(2)  # let them import and open the catalog
+    go.touch()
+    errors = [p.communicate(timeout=120)[1].decode() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0, 0], errors
+    commits = ws.pfs.list_commits("busy", limit=200)
+    assert sorted(c.seq for c in commits) == list(range(1, 161))
+    assert len(list(ws.pfs.walk("busy"))) == 160

@@ -51,6 +51,26 @@ def test_tiles_find_the_far_person_the_whole_frame_misses(detector, shared_dir: 
     assert auto.last_tiles == 2  # a large frame: tiled, within the default budget of 2 tiles
 
 
+def test_auto_tiles_only_a_frame_with_a_doubtful_person(detector, shared_dir: Path) -> None:
+    auto = TiledDetector(detector, TilingConfig(mode="auto"))
+    # a sure person (0.9+): one pass
+    sure = cv2.imread(str(shared_dir / "images/skimage/astronaut.png"))
+    assert auto.detect(sure) == detector.detect(sure) and auto.last_tiles == 0 and auto.last_reason == ""
+    # the parked motorcycle: the whole frame sees a doubtful person (0.25 <= score < 0.5), so it looks again
+    garage = cv2.imread(str(shared_dir / "images/skimage/motorcycle_left.png"))
+    whole = [d for d in detector.detect(garage) if d.label == "person"]
+    assert whole and all(0.25 <= d.score < 0.5 for d in whole)
+    auto.detect(garage)
+    assert auto.last_tiles == 2 and auto.last_reason.startswith("doubtful person 0.")
+    # nothing doubtful at all (no person): one pass
+    calm = cv2.imread(str(shared_dir / "images/skimage/coffee.png"))
+    assert auto.detect(calm) == detector.detect(calm) and auto.last_tiles == 0
+    # the trigger can be switched off
+    never = TiledDetector(detector, TilingConfig(mode="auto", doubt_below=0))
+    never.detect(garage)
+    assert never.last_tiles == 0
+
+
 def test_tiling_keeps_a_large_person_as_one_box(detector, shared_dir: Path) -> None:
     frame = cv2.imread(str(shared_dir / "images/skimage/astronaut.png"))
     whole = [d for d in detector.detect(frame) if d.label == "person"]
@@ -77,13 +97,13 @@ def test_quality_eval_tiles_one_camera_and_writes_the_report(tmp_path: Path, sha
     html = tmp_path / "report" / "eval.html"
     result = run_cli(
         "quality", "eval", "--images", str(images), "--labels", str(labels),
-        "--tile-cameras", "far", "--tile-max", "0", "--html", str(html), "--json",
+        "--tiling", "off", "--tile-cameras", "far", "--tile-max", "0", "--html", str(html), "--json",
         home=tmp_path / "unused",
         env={"ALARMSIEVE_MODEL_DIR": str(model_dir)},
     )  # fmt: skip
     assert result.returncode == 0, result.stderr.decode()
     report = json.loads(result.stdout)
-    assert report["detect_args"] == ["--tile-cameras", "far", "--tile-max", "0"]
+    assert report["detect_args"] == ["--tiling", "off", "--tile-cameras", "far", "--tile-max", "0"]
     verdicts = {o["file"]: o["verdict"] for o in report["outcomes"]}
     assert verdicts == {
         "far/lawn.jpg": "alert",
@@ -100,7 +120,7 @@ def test_quality_eval_tiles_one_camera_and_writes_the_report(tmp_path: Path, sha
     assert report["operator_load"] == {"alerts_on_calm": 0, "reviews_on_calm": 0, "looks": 0, "per_100_calm": 0.0}
     assert len(report["curve"]) == 30
     page = html.read_text()
-    assert "Missed threats (1)" in page and "near/lawn.jpg" in page and "data:image/jpeg;base64," in page
+    assert "Missed threats (dismissed) (1)" in page and "near/lawn.jpg" in page and "data:image/jpeg;base64," in page
     assert "<svg" in page and "False alarms (alerts on calm images) (0)" in page
 
     bad = run_cli("quality", "eval", "--images", str(images), "--labels", str(labels), "--tiling", "sometimes",
@@ -152,8 +172,13 @@ def test_detect_stage_tiling_arguments(model_dir: Path, tmp_path: Path) -> None:
     services = StageServices(model_dir=model_dir, model_cache=tmp_path / "cache")
     stage = DetectStage(["--tiling", "auto", "--tile-cameras", "gate, yard", "--tile-max", "0"], services)
     assert stage.tiling.mode == "auto" and stage.tiling.cameras == ["gate", "yard"] and stage.tiling.max_tiles is None
-    assert stage.identity()["tiling"] == "auto cameras gate,yard"
-    assert "tiling" not in DetectStage([], services).identity()
+    assert stage.identity()["tiling"] == "auto cameras gate,yard doubt person<0.5"
+    # the default: auto, large frames and frames with a doubtful person
+    assert DetectStage([], services).identity()["tiling"] == "auto doubt person<0.5"
+    assert "tiling" not in DetectStage(["--tiling", "off"], services).identity()
+    assert DetectStage(["--tile-doubt-below", "0"], services).identity()["tiling"] == "auto"
+    with pytest.raises(StageUsageError, match="bad tiling arguments"):
+        DetectStage(["--tile-doubt-below", "1.5"], services)
     with pytest.raises(StageUsageError, match="bad arguments"):
         DetectStage(["--tiling", "sometimes"], services)
     with pytest.raises(StageUsageError, match="bad tiling arguments"):

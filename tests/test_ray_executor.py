@@ -127,7 +127,7 @@ def test_default_pipelines_run_on_ray_actors(
         jobs = runner.run_until_idle()
         assert {type(pool).__name__ for pool in runner.pools.values()} == {"RayWorkerPool"}
     assert [(j.pipeline, j.state, j.processed) for j in jobs] == [
-        (p, "success", 2) for p in ("validate", "detect", "assess", "notify")
+        (p, "success", 2) for p in ("validate", "detect", "assess", "clips", "notify")
     ]
     assert {v.alarm: v.verdict for v in read_verdicts(ws.pfs)} == {"/gate/a.png": "alert", "/gate/b.png": "dismiss"}
     assert len(list(ws.outbox.glob("*.eml"))) == 1

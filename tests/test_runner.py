@@ -345,8 +345,7 @@ def test_worker_killed_mid_datum_is_replaced_and_the_datum_retried(ws: Workspace
     # the one datum that creates the marker SIGKILLs its worker (the shell's parent) mid-datum; mkdir is
     # atomic, so two workers racing cannot both win
     script = (
-        'if mkdir "$MARK" 2>/dev/null; then echo partial > out/partial.txt; kill -9 $PPID; exit 1; fi; '
-        + COPY_DATA
+        'if mkdir "$MARK" 2>/dev/null; then echo partial > out/partial.txt; kill -9 $PPID; exit 1; fi; ' + COPY_DATA
     )
     create_pipeline(ws, pipeline_spec("fragile", pfs_input("data"), sh(script), env={"MARK": str(marker)}))
 

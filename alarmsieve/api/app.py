@@ -1,13 +1,16 @@
 """The HTTP API (FastAPI): alarms in, verdicts out, status, feedback, metrics; plus the dashboard.
 
 ``create_app(ws, loop=...)`` builds the app over a workspace. With a :class:`PipelineLoop` (``serve
---http``) an alarm posted wakes the runner at once and long polls wake when a job finishes; without
-one (an external runner processes the workspace) the API still takes alarms and reads verdicts.
+--http``) the server judges each snapshot itself at once (:mod:`alarmsieve.api.fastpath`: a provisional
+verdict, superseded by the committed one), then wakes the runner; long polls wake when either verdict is
+there. Without one (an external runner processes the workspace) the API still takes alarms and reads
+verdicts.
 
 Errors are JSON ``{"error": <reason>, "detail": <what to do>}`` with a 4xx status.
 """
 
 import asyncio
+import contextlib
 import logging
 import re
 import threading
@@ -27,10 +30,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 import alarmsieve
+from alarmsieve.api.fastpath import FastPath, fast_path_wanted
 from alarmsieve.api.feedback import store_feedback
 from alarmsieve.api.ingest import (
     AlarmAccepted,
     AlarmStatus,
+    Committed,
     IngestError,
     IngestLimits,
     Ingestor,
@@ -39,6 +44,7 @@ from alarmsieve.api.ingest import (
 )
 from alarmsieve.api.metrics import Metrics, Observer, SystemCollector
 from alarmsieve.api.schemas import (
+    ClipVerdictOut,
     ErrorBody,
     FeedbackIn,
     FeedbackOut,
@@ -89,8 +95,11 @@ class RateLimiter:
 
 
 class ApiState:
-    def __init__(self, ws: Workspace, loop: PipelineLoop | None, limits: IngestLimits) -> None:
+    def __init__(
+        self, ws: Workspace, loop: PipelineLoop | None, limits: IngestLimits, fast: FastPath | None = None
+    ) -> None:
         self.ws = ws
+        self.fast = fast
         self.loop = loop
         self.limits = limits
         self.tokens = TokenStore(ws.catalog_url)
@@ -99,14 +108,23 @@ class ApiState:
         self.system = SystemCollector(ws.pfs, loop.worker_restarts if loop else dict)
         self.metrics.add_collector(self.system)
         self.limiter = RateLimiter(limits.rate_per_minute)
-        self.ingestor = Ingestor(ws, limits, on_commit=self._committed)
+        self.ingestor = Ingestor(ws, limits, on_commit=self._committed, fast=fast)
         self._observe = threading.Event()
         self._observer_thread: threading.Thread | None = None
 
-    def _committed(self, alarm_id: str, camera: str) -> None:
-        self.metrics.alarms_received.labels(camera).inc()
-        if self.loop is not None:
+    def _committed(self, alarm: Committed) -> None:
+        self.metrics.alarms_received.labels(alarm.camera).inc()
+        if self.loop is None:
+            return
+        future = self.fast.future(alarm.alarm_id) if self.fast is not None else None
+        if future is None:
             self.loop.wake()
+        else:
+            # The runner thread shares this process (and its GIL) with the fast path: let the provisional
+            # verdict finish first (tens of milliseconds), then the pipeline takes the commit. A runner
+            # already busy with other commits picks this one up in its next round all the same.
+            loop = self.loop
+            future.add_done_callback(lambda _: loop.wake())
 
     def job_finished(self, job: JobInfo) -> None:
         """Called on the runner thread: hand the metrics update to another thread (off the critical path)."""
@@ -190,8 +208,19 @@ def parse_since(text: str | None) -> datetime | None:
     return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
-def create_app(ws: Workspace, *, loop: PipelineLoop | None = None, limits: IngestLimits | None = None) -> FastAPI:
-    state = ApiState(ws, loop, limits or IngestLimits())
+def create_app(
+    ws: Workspace,
+    *,
+    loop: PipelineLoop | None = None,
+    limits: IngestLimits | None = None,
+    fast_path: bool | None = None,
+) -> FastAPI:
+    """The app; ``fast_path`` (default: with an in-process runner, unless ALARMSIEVE_FAST_PATH=off) makes
+    provisional verdicts in this process (see :mod:`alarmsieve.api.fastpath`)."""
+    if fast_path is None:
+        fast_path = loop is not None and fast_path_wanted()
+    fast = FastPath(ws) if fast_path else None
+    state = ApiState(ws, loop, limits or IngestLimits(), fast)
     if loop is not None:
         loop.on_job = state.job_finished
     app = FastAPI(
@@ -207,7 +236,11 @@ def create_app(ws: Workspace, *, loop: PipelineLoop | None = None, limits: Inges
         redoc_url=None,
     )
     app.state.api = state
-    app.add_middleware(BodyLimit, max_bytes=state.limits.max_bytes + MULTIPART_OVERHEAD)
+    if fast is not None:
+        app.router.on_startup.append(fast.warm)
+        app.router.on_shutdown.append(fast.close)
+    upload_limit = max(state.limits.max_bytes, state.limits.max_clip_bytes)
+    app.add_middleware(BodyLimit, max_bytes=upload_limit + MULTIPART_OVERHEAD)
     bearer = HTTPBearer(auto_error=False, description="an API token, ast_<id>_<secret>")
 
     # ---- errors ------------------------------------------------------------------------------------
@@ -295,15 +328,17 @@ def create_app(ws: Workspace, *, loop: PipelineLoop | None = None, limits: Inges
     def post_alarm(
         who: Annotated[Principal, Depends(principal)],
         camera: Annotated[str, Form(min_length=1, max_length=63, description="camera id, e.g. front-door")],
-        file: Annotated[UploadFile, File(description="the snapshot: JPEG, PNG, BMP or WebP (clips: 415)")],
+        file: Annotated[
+            UploadFile, File(description="the snapshot (JPEG, PNG, BMP, WebP) or clip (MP4, MOV, MKV, WebM, AVI)")
+        ],
         time: Annotated[
             datetime | None, Form(description="when the alarm fired (ISO 8601); default: now. EXIF time wins")
         ] = None,
         site: Annotated[str | None, Form(max_length=200, description="site name, for filtering")] = None,
         metadata: Annotated[str | None, Form(description="a JSON object kept with the alarm")] = None,
     ) -> AlarmAccepted:
-        """Commit an alarm to the ``images`` repo and return its id at once (the verdict comes later)."""
-        data = file.file.read(state.limits.max_bytes + 1)
+        """Commit an alarm to ``images`` (a clip: ``videos``) and return its id at once (the verdict comes later)."""
+        data = file.file.read(upload_limit + 1)
         meta = parse_metadata(metadata, state.limits)
         return accept(who, camera, data, content_type=file.content_type, when=time, site=site, metadata=meta)
 
@@ -348,14 +383,30 @@ def create_app(ws: Workspace, *, loop: PipelineLoop | None = None, limits: Inges
             str | None,
             Query(max_length=20, description=f"long-poll until the verdict is ready: 5s, 500ms (≤ {MAX_WAIT_S:.0f}s)"),
         ] = None,
+        final: Annotated[
+            bool, Query(description="wait for the committed verdict (state done), not a provisional one")
+        ] = False,
     ) -> AlarmStatus:
-        """The alarm's progress through the stages and, once ready (``state: done``), its verdict."""
-        camera, _ = split_alarm_id(alarm_id)
+        """The alarm's progress through the stages and, once ready, its verdict (``state``: provisional or done)."""
+        camera, name = split_alarm_id(alarm_id)
         check_camera(who, camera, "read alarms")
         deadline = time.monotonic() + parse_wait(wait)
         generation = loop.generation if loop else 0
-        status = await run_in_threadpool(state.ingestor.status, alarm_id)  # 404 for an unknown alarm
-        while status.state != "done" and time.monotonic() < deadline:
+        future = fast.future(f"{camera}/{name}") if fast is not None and not final else None
+        if future is not None and not future.done() and deadline > time.monotonic():
+            # This server is judging it now: read the repos meanwhile (a snapshot taken a few milliseconds
+            # before the answer, as any is), then add the provisional verdict once it is there.
+            reading = asyncio.ensure_future(run_in_threadpool(state.ingestor.committed_status, alarm_id))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)), deadline - time.monotonic())
+            status = state.ingestor.with_provisional(await reading)  # 404 for an unknown alarm
+        else:
+            status = await run_in_threadpool(state.ingestor.status, alarm_id)  # 404 for an unknown alarm
+
+        def ready(s: AlarmStatus) -> bool:
+            return s.state == "done" or (s.state == "provisional" and not final)
+
+        while not ready(status) and time.monotonic() < deadline:
             # wake when a job finishes (in-process runner), else look again every 0.25 s
             recheck = min(deadline, time.monotonic() + (1.0 if loop else 0.25))
             while time.monotonic() < recheck and (loop is None or loop.generation == generation):
@@ -372,18 +423,25 @@ def create_app(ws: Workspace, *, loop: PipelineLoop | None = None, limits: Inges
         since: Annotated[str | None, Query(max_length=40, description="ISO time or 30m / 2h / 7d")] = None,
         verdict: Annotated[str | None, Query(pattern="^(alert|review|dismiss)$")] = None,
         limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
-    ) -> list[VerdictOut]:
-        """Verdicts, newest last, like ``alarmsieve verdicts --json``; a camera token sees its own camera only."""
-        from alarmsieve.verdicts import read_verdicts, verdict_json
+    ) -> list[ClipVerdictOut | VerdictOut]:
+        """Verdicts, newest last, like ``alarmsieve verdicts --json`` (a clip once, with its frames' verdicts);
+        a camera token sees its own camera only."""
+        from alarmsieve.verdicts import ClipEntry, entry_json
+        from alarmsieve.verdicts import list_verdicts as read_entries
 
         if who.kind == "camera":
             if device and device != who.camera:
                 check_camera(who, device, "read verdicts")
             device = who.camera
-        records = read_verdicts(ws.pfs, device=device, since=parse_since(since))
+        entries = read_entries(ws.pfs, device=device, since=parse_since(since))
         if verdict:
-            records = [r for r in records if r.verdict == verdict]
-        return [VerdictOut.model_validate(verdict_json(r)) for r in records[-limit:]]
+            entries = [e for e in entries if (e.clip.verdict if isinstance(e, ClipEntry) else e.verdict) == verdict]
+        return [
+            ClipVerdictOut.model_validate(entry_json(e))
+            if isinstance(e, ClipEntry)
+            else VerdictOut.model_validate(entry_json(e))
+            for e in entries[-limit:]
+        ]
 
     @app.post(f"{API}/feedback", status_code=201, responses=ERRORS, tags=["feedback"])
     def post_feedback(body: FeedbackIn, who: Annotated[Principal, Depends(operator)]) -> FeedbackOut:

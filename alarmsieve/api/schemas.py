@@ -44,6 +44,27 @@ class VerdictOut(BaseModel):
     pipeline_versions: dict[str, str]
 
 
+class ClipVerdictOut(BaseModel):
+    """One video clip's verdict with its sampled frames' verdicts, as ``alarmsieve verdicts --json`` prints it."""
+
+    model_config = ConfigDict(extra="allow")
+
+    kind: Literal["clip"]
+    input_path: str
+    device: str
+    time: str
+    verdict: Literal["alert", "review", "dismiss"]
+    reasons: list[str]
+    deciding_frame: str | None
+    partial: str
+    capped: bool
+    rules_version: str | None
+    model: dict[str, Any] | None
+    best_frame: str | None = Field(description="clips@master:<clip>/best.jpg, the annotated frame that decided")
+    summary: str | None = Field(description="clips@master:<clip>/summary.gif, the annotated frames in order")
+    frames: list[VerdictOut]
+
+
 class RepoStatus(BaseModel):
     name: str
     head: str | None

@@ -1,14 +1,16 @@
 """Running the API and the pipeline in one process: the runner loop in a background thread.
 
 ``alarmsieve serve --http`` runs uvicorn in the main thread (it owns Ctrl-C) and :class:`PipelineLoop`
-in a thread: the loop processes commits as they land, and an alarm posted over HTTP wakes it at once
-(no wait for the next ``--interval`` tick). Each finished job bumps :attr:`PipelineLoop.generation`,
-which long-polling requests watch instead of querying the catalog in a busy loop.
+in a thread: the loop processes commits as they land, and an alarm posted over HTTP wakes it as soon as
+the server's provisional verdict of it is done (no wait for the next ``--interval`` tick). Each
+finished job bumps :attr:`PipelineLoop.generation`, which long-polling requests watch instead of
+querying the catalog in a busy loop.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import threading
 from collections.abc import Callable
@@ -36,16 +38,25 @@ class _Progress:
 
 
 class PipelineLoop:
-    """Runs ``runner.run_until_idle`` whenever woken, or every ``interval`` seconds."""
+    """Runs ``runner.run_until_idle`` whenever woken, or every ``interval`` seconds.
+
+    ``niceness`` (default 5) lowers the CPU priority of the loop's thread and so of the worker processes
+    it starts (Linux: a thread's nice value is its own, and a child inherits it): with the API's fast path
+    (:mod:`alarmsieve.api.fastpath`) the verdict an operator waits for is computed in the server's own
+    threads, and the pipeline, which commits the record a little later, should not slow it down. 0 keeps
+    the workers at the server's priority.
+    """
 
     def __init__(
         self,
         ws: Workspace,
         interval: float = 1.0,
         on_job: Callable[[JobInfo], None] | None = None,
+        niceness: int = 5,
     ) -> None:
         self.ws = ws
         self.interval = interval
+        self.niceness = niceness
         self.on_job = on_job
         self.generation = 0
         self.runner: Runner | None = None
@@ -86,7 +97,18 @@ class PipelineLoop:
                 log.exception("metrics update after job %s failed", job.id)
 
     # ---- the loop ----------------------------------------------------------------------------------
+    def _lower_priority(self) -> None:
+        if self.niceness <= 0 or not hasattr(os, "setpriority"):
+            return
+        try:
+            tid = threading.get_native_id()
+            os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + self.niceness)
+        except OSError as exc:  # not allowed here: the pipeline runs at the server's priority
+            log.warning("could not lower the pipeline loop's priority: %s", exc)
+
     def run(self, once: bool = False, report: Callable[[JobInfo], None] | None = None) -> None:
+        if threading.current_thread() is not threading.main_thread():  # never renice the caller's process
+            self._lower_priority()
         with self.ws.runner(progress=_Progress(self), wait=False) as runner:
             self.runner = runner
             self._ready.set()
@@ -96,11 +118,22 @@ class PipelineLoop:
                     for job in runner.run_until_idle():
                         if report:
                             report(job)
+                    self._end_quiet_incidents()
                     if once:
                         return
                     self._wake.wait(self.interval)
             finally:
                 self.runner = None
+
+    def _end_quiet_incidents(self) -> None:
+        """Publish the MQTT ``end`` of incidents that went quiet (see docs/notifications.md)."""
+        from alarmsieve.errors import AlarmsieveError
+        from alarmsieve.notify.sweep import end_quiet_incidents
+
+        try:
+            end_quiet_incidents(self.ws.pfs, self.ws.catalog_url, self.ws.outbox)
+        except AlarmsieveError as exc:  # a bad notify.json: the stage reports it too; keep serving
+            log.warning("incident ends not published: %s", exc)
 
     def _run_thread(self, report: Callable[[JobInfo], None] | None) -> None:
         try:

@@ -27,7 +27,9 @@ robustness_app = typer.Typer(
 app.add_typer(quality_app, name="quality")
 quality_app.add_typer(robustness_app, name="robustness")
 
-TilingOpt = Annotated[str, typer.Option("--tiling", help="detect with tiles: auto, on or off")]
+TilingOpt = Annotated[
+    str, typer.Option("--tiling", help="detect with tiles: auto, on or off (default: the detect pipeline's, auto)")
+]
 TileCamerasOpt = Annotated[str, typer.Option("--tile-cameras", help="comma-separated cameras always tiled")]
 TileMaxOpt = Annotated[
     int, typer.Option("--tile-max", help="at most this many tiles besides the whole frame (0: native 416-px tiles)")
@@ -41,12 +43,12 @@ class QualityUsageError(AlarmsieveError):
 
 
 def detect_args(tiling: str, tile_cameras: str, tile_max: int) -> list[str]:
-    if tiling not in ("auto", "on", "off"):
+    if tiling not in ("", "auto", "on", "off"):
         raise QualityUsageError(f"--tiling {tiling!r}: use auto, on or off")
     if tile_max < 0:
         raise QualityUsageError(f"--tile-max {tile_max}: use 0 (no cap, native tiles) or a positive count")
     args: list[str] = []
-    if tiling != "off":
+    if tiling:
         args += ["--tiling", tiling]
     if tile_cameras.strip():
         args += ["--tile-cameras", tile_cameras.strip()]
@@ -110,7 +112,9 @@ def print_report(report: Any, *, group_title: str = "camera") -> None:
         f"{report.calm} calm" + (f"; detect {' '.join(report.detect_args)}" if report.detect_args else ""),
         highlight=False,
     )
-    console.print(f"missed threats:      {_pct(report.missed_detail)}", highlight=False)
+    console.print(f"missed threats:      {_pct(report.missed_detail)} (dismissed: reach no one)", highlight=False)
+    if report.alerted is not None:
+        console.print(f"threats alerted:     {_pct(report.alerted)} (the rest went to review)", highlight=False)
     console.print(f"suppression:         {_pct(report.suppression_detail)}", highlight=False)
     console.print(
         f"operator load:       {load.alerts_on_calm} alerts + {load.reviews_on_calm} reviews on calm images"
@@ -118,7 +122,8 @@ def print_report(report: Any, *, group_title: str = "camera") -> None:
         highlight=False,
     )
     console.print(
-        f"recall, threat box >= {report.min_threat_area:.1%} of frame: {_pct(report.large_threat_recall)}",
+        f"recall, threat box >= {report.min_threat_area:.1%} of frame: {_pct(report.large_threat_recall)}"
+        + (f"; alerted {_pct(report.large_threat_alerted)}" if report.large_threat_alerted is not None else ""),
         highlight=False,
     )
     console.print(f"suppression, calm with no vehicle: {_pct(report.clear_calm_suppression)}", highlight=False)
@@ -139,7 +144,7 @@ def quality_eval(
     labels: Annotated[Path, typer.Option(help="labels: a CSV (file,objects) or a folder of YOLO .txt files")],
     threat_labels: ThreatOpt = None,
     html: HtmlOpt = None,
-    tiling: TilingOpt = "off",
+    tiling: TilingOpt = "",
     tile_cameras: TileCamerasOpt = "",
     tile_max: TileMaxOpt = 2,
     min_threat_area: Annotated[
@@ -224,7 +229,7 @@ def robustness_eval(
     folder: Annotated[Path, typer.Argument(help="a set written by `quality robustness make`")],
     threat_labels: ThreatOpt = None,
     html: HtmlOpt = None,
-    tiling: TilingOpt = "off",
+    tiling: TilingOpt = "",
     tile_max: TileMaxOpt = 2,
     min_recall: Annotated[float, typer.Option(help="target recall in every condition")] = 0.95,
     min_suppression: Annotated[float, typer.Option(help="target suppression in every condition")] = 0.95,

@@ -260,10 +260,17 @@ def explain(
     alarm: Annotated[str, typer.Argument(help="the alarm's path (/cam-1/0001.jpg) or, if unique, its file name")],
     as_json: JsonFlag = False,
 ) -> None:
-    """Why an alarm got its verdict: the rules commit, the deciding rule path and every detection's fate."""
+    """Why an alarm got its verdict: the rules commit, the deciding rule path and every detection's fate.
+
+    For a video clip: its frames' verdicts, which frame decided, and that frame's explanation.
+    """
     from alarmsieve.rules.repo import find_verdict, rejudgement_of
+    from alarmsieve.verdicts import find_clip_verdict
 
     pfs = workspace().pfs
+    clip = find_clip_verdict(pfs, alarm)
+    if clip is not None:
+        return _explain_clip(pfs, clip, as_json)
     stored = find_verdict(pfs, alarm)
     rejudged = rejudgement_of(pfs, stored.folder)
     if as_json:
@@ -271,6 +278,44 @@ def explain(
         data["rejudged"] = rejudged.model_dump(mode="json") if rejudged else None
         return emit_json([data])
     for line in explain_lines(stored, rejudged):
+        console.print(line, highlight=False, soft_wrap=True)
+
+
+def clip_explain_lines(clip: Any) -> list[str]:
+    """A clip's verdict, its frames (the deciding one marked) and its caveats (partial, capped)."""
+    lines = [
+        f"clip {clip.clip}  camera {clip.camera}  time {clip.time.isoformat()}",
+        f"verdict {clip.verdict.upper()}  from {len(clip.frames)} frame(s)",
+        "reasons:",
+        *[f"  - {r}" for r in clip.reasons],
+        "frames (offset, verdict, strongest kept object, first reason):",
+    ]
+    for f in clip.frames:
+        mark = "  <- decided" if f.alarm == clip.deciding_frame else ""
+        first = f.reasons[0] if f.reasons else ""
+        lines.append(f"  {f.offset_s:7.1f}s {f.verdict:<7} {f.top or '-':<14} {first}{mark}")
+    if clip.deciding_frame is None:
+        lines.append("no frame decided: none alerted or needed review")
+    return lines
+
+
+def _explain_clip(pfs: Any, clip: Any, as_json: bool) -> None:
+    from alarmsieve.rules.repo import find_verdict, rejudgement_of
+
+    stored = find_verdict(pfs, clip.deciding_frame) if clip.deciding_frame else None
+    rejudged = rejudgement_of(pfs, stored.folder) if stored is not None else None
+    if as_json:
+        data = {"kind": "clip", **clip.model_dump(mode="json")}
+        frame = stored.record.model_dump(mode="json") if stored is not None else None
+        if frame is not None:
+            frame["rejudged"] = rejudged.model_dump(mode="json") if rejudged else None
+        data["deciding_frame_verdict"] = frame
+        return emit_json([data])
+    lines = clip_explain_lines(clip)
+    if stored is not None:
+        lines.append(f"deciding frame {clip.deciding_frame}:")
+        lines += [f"  {line}" for line in explain_lines(stored, rejudged)]
+    for line in lines:
         console.print(line, highlight=False, soft_wrap=True)
 
 

@@ -281,10 +281,15 @@ class Pfs:
     def _commit(self, b: CommitBuilder) -> CommitInfo:
         with self.session() as s, s.begin():
             repo = self._repo_row(s, b.repo)
-            # Row lock on the branch serialises writers (PostgreSQL); SQLite's write lock does the same.
-            branch = s.scalar(
-                select(BranchRow).where(BranchRow.repo_id == repo.id, BranchRow.name == b.branch).with_for_update()
+            # The write comes first: it takes the lock that serialises the branch's committers (PostgreSQL's
+            # row lock, SQLite's write lock). A locking read is not enough on SQLite, where the driver opens
+            # the transaction at the first write: two committers could both read the same head first.
+            s.execute(
+                update(BranchRow)
+                .where(BranchRow.repo_id == repo.id, BranchRow.name == b.branch)
+                .values(head_seq=BranchRow.head_seq)
             )
+            branch = s.scalar(select(BranchRow).where(BranchRow.repo_id == repo.id, BranchRow.name == b.branch))
             if branch is None:
                 branch = BranchRow(repo_id=repo.id, name=b.branch, head_commit_id=None, head_seq=0)
                 s.add(branch)

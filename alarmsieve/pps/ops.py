@@ -21,6 +21,7 @@ from alarmsieve.pfs.tables import BranchRow, CommitRow, FileRow, ProvenanceRow
 from alarmsieve.pps.api import JobInfo, Pps, PpsError, job_info
 from alarmsieve.pps.spec import parse_spec
 from alarmsieve.pps.tables import (
+    DatumClaimRow,
     DatumRow,
     JobRow,
     LogRow,
@@ -334,7 +335,7 @@ class Operations:
         """Delete pipelines (downstream first) with their output repos, jobs, datums, workers and logs."""
         for name in reversed(names):
             with self.session() as s, s.begin():
-                for table in (ProcessedDatumRow, DatumRow, JobRow, LogRow, WorkerRow):
+                for table in (ProcessedDatumRow, DatumRow, DatumClaimRow, JobRow, LogRow, WorkerRow):
                     s.execute(delete(table).where(table.pipeline == name))
                 s.execute(delete(PipelineVersionRow).where(PipelineVersionRow.pipeline == name))
                 s.execute(delete(PipelineRow).where(PipelineRow.name == name))

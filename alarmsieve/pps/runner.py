@@ -9,17 +9,21 @@ transaction, so a runner killed mid-job leaves the previous state intact and the
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
+import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from alarmsieve.pfs.api import CommitInfo, Pfs
@@ -28,6 +32,7 @@ from alarmsieve.pps.datums import Datum, plan_all, plan_changed
 from alarmsieve.pps.executor import WorkerPool, WorkerStartError, _Slot
 from alarmsieve.pps.spec import PipelineSpec, cron_next
 from alarmsieve.pps.tables import (
+    DatumClaimRow,
     DatumRow,
     JobRow,
     LogRow,
@@ -36,7 +41,7 @@ from alarmsieve.pps.tables import (
     ProcessedDatumRow,
     WorkerRow,
 )
-from alarmsieve.pps.worker import DatumResult, DatumTask, WorkerConfig
+from alarmsieve.pps.worker import DatumFile, DatumResult, DatumTask, WorkerConfig
 
 log = logging.getLogger("alarmsieve.runner")
 
@@ -56,6 +61,9 @@ class RuntimePaths:
     model_cache: Path | None
     executor: str = "local"  # local | ray
     ray_address: str | None = None
+    # single | shared | auto (shared unless SQLite); None: ALARMSIEVE_RUNNERS. See `Runner.shared`.
+    runners: str | None = None
+    lease_seconds: float | None = None  # None: ALARMSIEVE_LEASE_SECONDS
 
 
 @dataclass
@@ -79,8 +87,6 @@ class Runner:
         progress: JobProgress | None = None,
         cpu_count: int | None = None,
     ) -> None:
-        import os
-
         self.pfs = pfs
         self.pps = pps
         self.paths = paths
@@ -88,11 +94,28 @@ class Runner:
         self.cpu_count = cpu_count or os.cpu_count() or 1
         self.pools: dict[tuple[str, int], WorkerPool] = {}
         self.started_at = _now()
+        runners, lease = paths.runners, paths.lease_seconds
+        if runners is None or lease is None:
+            from alarmsieve.config import load_settings
+
+            settings = load_settings()
+            runners = runners or settings.runners
+            lease = lease or settings.lease_seconds
+        if runners not in ("auto", "single", "shared"):
+            raise ValueError(f"runners must be auto, single or shared, not {runners!r}")
+        # Several runners on one catalog share jobs: a job is planned once, its datums are claimed in
+        # chunks under leases, and one of them makes the output commit (see _work_shared).
+        self.shared = runners == "shared" or (runners == "auto" and not paths.catalog_url.startswith("sqlite"))
+        self.lease_seconds = float(lease)
+        self.runner_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self._recover_interrupted_jobs()
 
     # ---- lifecycle ---------------------------------------------------------------------------------
     def _recover_interrupted_jobs(self) -> None:
+        if self.shared:  # a running shared job is finished by whichever runner joins it; nothing to undo
+            return
         with self.pfs.session() as s, s.begin():
+            s.execute(delete(DatumClaimRow))  # claims of shared jobs that are now killed
             s.execute(
                 update(JobRow)
                 .where(JobRow.state == "running")
@@ -299,6 +322,10 @@ class Runner:
         spec, version, salt, state = self.pps.get_spec(name)
         if state == "paused":
             return None
+        if self.shared:
+            active = self._active_shared_job(name)
+            if active is not None:
+                return self._work_shared(name, active)
         commits = self._input_commits(spec)
         if commits is None:
             return None
@@ -324,6 +351,7 @@ class Runner:
                 last_version = s.get(PipelineVersionRow, (name, last.version))
                 last_salt = last_version.salt if last_version else None
             last_inputs = json.loads(last.input_commits) if last is not None else None
+            last_id = last.id if last is not None else None
         if pending:
             with self.pfs.session() as s, s.begin():
                 row = s.get(PipelineRow, name)
@@ -343,7 +371,10 @@ class Runner:
             spec, version, salt, state = self.pps.get_spec(name, new_version)
         if pending == "rebuild" or spec.reprocess_spec == "every_job":
             last_inputs = None
-        return self._run_job(name, spec, version, salt, commits, last_inputs if last_salt == salt else None)
+        last_inputs = last_inputs if last_salt == salt else None
+        if self.shared:
+            return self._start_shared_job(name, spec, version, salt, commits, last_inputs, last_id)
+        return self._run_job(name, spec, version, salt, commits, last_inputs)
 
     def _error_job(self, name: str, version: int, commit_ids: dict[str, str], reason: str) -> JobInfo:
         job_id = uuid.uuid4().hex
@@ -489,26 +520,42 @@ class Runner:
         last_inputs: dict[str, str] | None,
     ) -> tuple[dict[str, Datum], set[str], dict[str, _Processed], bool]:
         leaves = spec.input.pfs_inputs()
+        # A single pfs input, or a union of pfs inputs (validate: images + frames; notify: assess + clips):
+        # every datum is one leaf's root, so each leaf is planned from its own diff. A leaf without
+        # commits is empty; one that had commits and has none now is planned in full.
+        flat = spec.input.pfs is not None or (
+            spec.input.union is not None and all(child.pfs is not None for child in spec.input.union)
+        )
         with self.pfs.session() as s:
             if (
-                spec.input.pfs is not None
+                flat
                 and last_inputs is not None
-                and leaves[0].name in last_inputs
-                and leaves[0].name in commit_ids
+                and any(leaf.name in last_inputs for leaf in leaves)
+                and all(leaf.name in commit_ids for leaf in leaves if leaf.name in last_inputs)
             ):
-                leaf = leaves[0]
-                failed_roots = [
-                    json.loads(roots)[0][1]
-                    for roots in s.scalars(
-                        select(ProcessedDatumRow.roots).where(
-                            ProcessedDatumRow.pipeline == name,
-                            ProcessedDatumRow.state.in_(("failed", "restart", "recovered")),
-                        )
+                failed: dict[str, list[str]] = {}
+                for roots in s.scalars(
+                    select(ProcessedDatumRow.roots).where(
+                        ProcessedDatumRow.pipeline == name,
+                        ProcessedDatumRow.state.in_(("failed", "restart", "recovered")),
                     )
-                ]
-                present, gone = plan_changed(
-                    self.pfs, leaf, last_inputs[leaf.name], commit_ids[leaf.name], salt, failed_roots
-                )
+                ):
+                    input_name, root = json.loads(roots)[0]
+                    failed.setdefault(input_name, []).append(root)
+                present, gone = {}, set()
+                for leaf in leaves:
+                    if leaf.name not in commit_ids:
+                        continue
+                    found, went = plan_changed(
+                        self.pfs,
+                        leaf,
+                        last_inputs.get(leaf.name),
+                        commit_ids[leaf.name],
+                        salt,
+                        failed.get(leaf.name, ()),
+                    )
+                    present.update(found)
+                    gone |= went
                 ids = list(set(present) | gone)
                 processed = self._load_processed(s, name, ids)
                 gone = {i for i in gone if i in processed}
@@ -590,6 +637,7 @@ class Runner:
         plan_seconds: float,
         logs: _JobLog,
         full_plan: bool = False,
+        shared: bool = False,
     ) -> JobInfo:
         builder = self.pfs.start_commit(
             name,
@@ -647,6 +695,15 @@ class Runner:
         )
 
         def record(s: Session, commit: CommitInfo) -> None:
+            if shared:
+                # Exactly one runner commits a shared job: the first to move it out of `running` wins;
+                # a later one (waiting on the branch lock meanwhile) finds it taken and rolls back.
+                taken = s.execute(
+                    update(JobRow).where(JobRow.id == job_id, JobRow.state == "running").values(state="committing")
+                ).rowcount
+                if not taken:
+                    raise _JobTaken(job_id)
+                s.execute(delete(DatumClaimRow).where(DatumClaimRow.job_id == job_id))
             for datum_id in clashed:
                 s.execute(
                     update(DatumRow)
@@ -706,11 +763,339 @@ class Runner:
             logs.flush(s)
 
         builder.on_commit = record
-        builder.finish()
+        with contextlib.suppress(_JobTaken):  # another runner made this shared job's output commit
+            builder.finish()
         info = self.pps.inspect_job(job_id)
-        if self.progress:
+        if self.progress and not shared:
             self.progress.job_finished(info)
         return info
+
+    # ---- shared jobs: several runners on one catalog ---------------------------------------------------
+    def _active_shared_job(self, name: str) -> str | None:
+        with self.pfs.session() as s:
+            return s.scalar(
+                select(JobRow.id)
+                .where(JobRow.pipeline == name, JobRow.state == "running", JobRow.shared_plan != "")
+                .order_by(JobRow.created_at)
+                .limit(1)
+            )
+
+    def _start_shared_job(
+        self,
+        name: str,
+        spec: PipelineSpec,
+        version: int,
+        salt: str,
+        commits: dict[str, CommitInfo],
+        last_inputs: dict[str, str] | None,
+        last_id: str | None,
+    ) -> JobInfo | None:
+        """Plan a job once for every runner: under the pipeline's row lock, write the job and a claim per datum.
+
+        A runner that finds a job already running joins it; one that finds a newer finished job than the
+        one it looked at starts over (someone else ran it meanwhile).
+        """
+        commit_ids = {k: c.id for k, c in commits.items()}
+        job_id = uuid.uuid4().hex
+        with self.pfs.session() as s, s.begin():
+            # The no-op UPDATE takes the row lock on PostgreSQL (other planners wait here) and the
+            # database write lock on SQLite; either way one runner plans a pipeline's job at a time.
+            s.execute(update(PipelineRow).where(PipelineRow.name == name).values(updated_at=PipelineRow.updated_at))
+            running = s.scalar(select(JobRow.id).where(JobRow.pipeline == name, JobRow.state == "running").limit(1))
+            latest = s.scalar(
+                select(JobRow.id)
+                .where(JobRow.pipeline == name, JobRow.state.in_(("success", "failure")))
+                .order_by(JobRow.created_at.desc())
+                .limit(1)
+            )
+            if running is None and latest == last_id:
+                started = time.perf_counter()
+                present, gone, processed, full_plan = self._plan(name, spec, salt, commit_ids, last_inputs)
+                if spec.reprocess_spec == "every_job":
+                    to_run = list(present.values())
+                else:
+                    to_run = [d for d in present.values() if _needs_run(d, processed.get(d.id))]
+                plan_seconds = time.perf_counter() - started
+                plan = {
+                    "full": full_plan,
+                    "times": {k: c.finished_at.isoformat() for k, c in commits.items()},
+                    "gone": sorted(gone),
+                }
+                s.add(
+                    JobRow(
+                        id=job_id,
+                        pipeline=name,
+                        version=version,
+                        state="running",
+                        input_commits=json.dumps(commit_ids),
+                        created_at=_now(),
+                        to_run=len(to_run),
+                        plan_seconds=plan_seconds,
+                        shared_plan=json.dumps(plan),
+                    )
+                )
+                s.flush()
+                s.add_all(
+                    DatumClaimRow(
+                        job_id=job_id,
+                        datum_id=d.id,
+                        pipeline=name,
+                        hash=d.hash,
+                        roots=json.dumps(d.roots),
+                        files=json.dumps([[f.input, f.repo, f.path, f.sha256, f.size] for f in d.files]),
+                        state="queued",
+                        owner="",
+                        claims=0,
+                        result="",
+                    )
+                    for d in to_run
+                )
+                logs = _JobLog(self.pfs, name, job_id)
+                logs.add(
+                    f"job started by runner {self.runner_id}: {len(to_run)} datums to process, "
+                    f"{len(present) - len(to_run)} unchanged in this plan, {len(gone)} removed "
+                    f"(planned in {plan_seconds * 1000:.1f} ms); runners on this catalog share its datums"
+                )
+                logs.flush(s)
+            elif running is not None:
+                job_id = running
+            else:
+                job_id = ""
+        if not job_id:  # another runner finished a job of this pipeline meanwhile: look again
+            return self.run_pipeline_once(name)
+        return self._work_shared(name, job_id)
+
+    def _work_shared(self, name: str, job_id: str) -> JobInfo | None:
+        """Process claimed chunks of a shared job until none is left, then make its output commit once."""
+        with self.pfs.session() as s:
+            job = s.get(JobRow, job_id)
+            if job is None or not job.shared_plan:  # a single runner's job (mixed modes): leave it to it
+                return None
+            if job.state != "running":  # another runner finished it meanwhile
+                return job_info(job)
+            version, to_run_count = job.version, job.to_run
+            plan = json.loads(job.shared_plan)
+        spec = self.pps.get_spec(name, version)[0]
+        times = {k: datetime.fromisoformat(v) for k, v in plan["times"].items()}
+        try:
+            pool = self.pool_for(name, version, spec)
+            pool.start()
+        except WorkerStartError as exc:  # other runners may still run it; this one reports and moves on
+            broken = self.pools.pop((name, version), None)
+            if broken is not None:
+                broken.close()
+            self._set_pipeline_health(name, f"workers cannot start: {type(exc).__name__}: {exc}")
+            _JobLog.write(
+                self.pfs, name, job_id, f"runner {self.runner_id}: workers cannot start: {exc}", level="ERROR"
+            )
+            return None
+        if self.progress:
+            self.progress.job_started(name, job_id, to_run_count)
+        chunk = max(1, min(64, 8 * getattr(pool, "size", 1)))
+        keeper = _LeaseKeeper(self.pfs, self.runner_id, self.lease_seconds)
+        keeper.start()
+        self._set_workers_state(name, "busy")
+        try:
+            while True:
+                claimed = self._claim(job_id, chunk)
+                if claimed:
+                    if not self._run_claimed(name, job_id, pool, claimed, times):
+                        break
+                    continue
+                with self.pfs.session() as s:
+                    state = s.scalar(select(JobRow.state).where(JobRow.id == job_id))
+                    left = s.scalar(
+                        select(func.count())
+                        .select_from(DatumClaimRow)
+                        .where(DatumClaimRow.job_id == job_id, DatumClaimRow.state != "done")
+                    )
+                if state != "running":
+                    break  # committed (or killed) by another runner
+                if not left:
+                    self._commit_shared(name, spec, version, job_id, plan)
+                    break
+                time.sleep(min(1.0, self.lease_seconds / 4))  # others hold the rest: wait for them or their leases
+        finally:
+            keeper.stop()
+            self._set_workers_state(name, "idle")
+        info = self.pps.inspect_job(job_id)
+        if self.progress and info.state != "running":
+            self.progress.job_finished(info)
+        return info
+
+    def _claim(self, job_id: str, size: int) -> list[DatumClaimRow]:
+        """Take up to ``size`` queued datums, or datums whose lease expired (their runner is gone)."""
+        now = _now()
+        free = or_(
+            DatumClaimRow.state == "queued",
+            and_(DatumClaimRow.state == "claimed", DatumClaimRow.lease_until < now),
+        )
+        pick = select(DatumClaimRow.datum_id).where(DatumClaimRow.job_id == job_id, free).limit(size)
+        values = {
+            "state": "claimed",
+            "owner": self.runner_id,
+            "lease_until": now + timedelta(seconds=self.lease_seconds),
+            "claims": DatumClaimRow.claims + 1,
+        }
+        columns = (DatumClaimRow.datum_id, DatumClaimRow.hash, DatumClaimRow.roots, DatumClaimRow.files)
+        with self.pfs.session() as s, s.begin():
+            if self.paths.catalog_url.startswith("sqlite"):
+                # One statement under SQLite's write lock: a read then a write could lose the race.
+                ids: Any = pick.scalar_subquery()
+            else:
+                # SKIP LOCKED: two runners claiming at once take different rows instead of waiting on
+                # each other. Its own statement: inside `IN (…)` PostgreSQL may run a LIMIT … SKIP LOCKED
+                # subquery again per row and claim far more than `size`.
+                ids = list(s.scalars(pick.with_for_update(skip_locked=True)))
+                if not ids:
+                    return []
+            stmt = (
+                update(DatumClaimRow)
+                .where(DatumClaimRow.job_id == job_id, DatumClaimRow.datum_id.in_(ids), free)
+                .values(**values)
+                .returning(*columns)
+                .execution_options(synchronize_session=False)
+            )
+            rows = s.execute(stmt).all()
+        return [DatumClaimRow(job_id=job_id, datum_id=r[0], hash=r[1], roots=r[2], files=r[3]) for r in rows]
+
+    def _run_claimed(
+        self, name: str, job_id: str, pool: WorkerPool, claimed: list[DatumClaimRow], times: dict[str, datetime]
+    ) -> bool:
+        """Run one claimed chunk and record each result once (only while this runner still holds its lease)."""
+        datums = {c.datum_id: _claim_datum(c) for c in claimed}
+        tasks = [DatumTask(job_id, d.id, d.files, times) for d in datums.values()]
+        logs = _JobLog(self.pfs, name, job_id)
+        done: list[tuple[DatumResult, int]] = []
+
+        def on_result(result: DatumResult, attempts: int) -> None:
+            done.append((result, attempts))
+            if self.progress:
+                self.progress.datum_done(name, result.ok)
+
+        def on_retry(task: DatumTask, reason: str) -> None:
+            logs.add(f"attempt {task.attempt} failed, retrying: {reason}", datum=task.datum_id, level="WARNING")
+
+        try:
+            pool.run(tasks, on_result, on_retry)
+        except Exception as exc:  # the pool broke: give the unfinished datums back at once
+            finished = {r.datum_id for r, _ in done}
+            with self.pfs.session() as s, s.begin():
+                s.execute(
+                    update(DatumClaimRow)
+                    .where(
+                        DatumClaimRow.job_id == job_id,
+                        DatumClaimRow.owner == self.runner_id,
+                        DatumClaimRow.state == "claimed",
+                        DatumClaimRow.datum_id.in_([d for d in datums if d not in finished]),
+                    )
+                    .values(state="queued", owner="", lease_until=None)
+                )
+            broken = self.pools.pop(next((k for k, p in self.pools.items() if p is pool), ("", 0)), None)
+            if broken is not None:
+                broken.close()
+            self._set_pipeline_health(name, f"workers cannot start: {type(exc).__name__}: {exc}")
+            logs.add(f"runner {self.runner_id} gave its datums back: {type(exc).__name__}: {exc}", level="ERROR")
+        with self.pfs.session() as s, s.begin():
+            for result, attempts in done:
+                summary = {
+                    "worker": result.worker,
+                    "ok": result.ok,
+                    "outputs": result.outputs,
+                    "recovered": result.recovered,
+                    "reason": result.reason,
+                    "traceback": result.traceback,
+                    "seconds": result.seconds,
+                }
+                kept = s.execute(
+                    update(DatumClaimRow)
+                    .where(
+                        DatumClaimRow.job_id == job_id,
+                        DatumClaimRow.datum_id == result.datum_id,
+                        DatumClaimRow.owner == self.runner_id,
+                        DatumClaimRow.state == "claimed",
+                    )
+                    .values(state="done", result=json.dumps(summary), lease_until=None)
+                ).rowcount
+                if not kept:  # the lease ran out and another runner took the datum: its result counts
+                    logs.add(
+                        f"runner {self.runner_id} lost the lease of this datum; its result is dropped",
+                        datum=result.datum_id,
+                        worker=result.worker,
+                        level="WARNING",
+                    )
+                    continue
+                s.add(_datum_row(name, datums[result.datum_id], result, attempts))
+                for line in result.logs:
+                    logs.add(line.message, datum=result.datum_id, worker=result.worker, level=line.level, ts=line.ts)
+                if result.recovered:
+                    logs.add(
+                        f"datum recovered by err_cmd after: {result.reason}",
+                        datum=result.datum_id,
+                        worker=result.worker,
+                        level="WARNING",
+                    )
+                elif not result.ok:
+                    logs.add(
+                        f"datum failed after {attempts} attempts: {result.reason}",
+                        datum=result.datum_id,
+                        worker=result.worker,
+                        level="ERROR",
+                    )
+            logs.flush(s)
+        if getattr(pool, "crash_looping", False):
+            self._set_pipeline_health(
+                name, f"workers keep dying: {pool.consecutive_deaths} deaths in a row, last: {pool.last_death}"
+            )
+        return len(done) == len(tasks)
+
+    def _commit_shared(self, name: str, spec: PipelineSpec, version: int, job_id: str, plan: dict) -> None:
+        """Every datum is done: build the output commit from all runners' results (once; see ``record``)."""
+        with self.pfs.session() as s:
+            job = s.get(JobRow, job_id)
+            if job is None or job.state != "running":
+                return
+            input_ids = json.loads(job.input_commits)
+            plan_seconds = job.plan_seconds
+            claims = list(s.scalars(select(DatumClaimRow).where(DatumClaimRow.job_id == job_id)))
+            gone = set(plan["gone"])
+            to_run = [_claim_datum(c) for c in claims]
+            results: dict[str, DatumResult] = {}
+            for c in claims:
+                r = json.loads(c.result)
+                results[c.datum_id] = DatumResult(
+                    job_id,
+                    c.datum_id,
+                    r["worker"],
+                    ok=r["ok"],
+                    outputs=[(p, sha, size) for p, sha, size in r["outputs"]],
+                    recovered=r["recovered"],
+                    reason=r["reason"],
+                    traceback=r["traceback"],
+                    seconds=r["seconds"],
+                )
+            # The processed-datum index moves only with a job's commit, so it is still what the plan saw.
+            ids = [d.id for d in to_run] + sorted(gone)
+            processed = self._load_processed(s, name, None if plan["full"] else ids)
+        commits = {k: self.pfs.get_commit(cid) for k, cid in input_ids.items()}
+        logs = _JobLog(self.pfs, name, job_id)
+        logs.add(f"runner {self.runner_id} makes the output commit")
+        self._commit_job(
+            name,
+            spec,
+            version,
+            job_id,
+            commits,
+            {},
+            gone,
+            processed,
+            to_run,
+            results,
+            plan_seconds,
+            logs,
+            plan["full"],
+            shared=True,
+        )
 
 
 def _tick_time(head: CommitInfo) -> datetime:
@@ -720,6 +1105,45 @@ def _tick_time(head: CommitInfo) -> datetime:
         return datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
     except ValueError:
         return head.created_at
+
+
+class _JobTaken(Exception):
+    """Another runner made this shared job's output commit first."""
+
+
+def _claim_datum(c: DatumClaimRow) -> Datum:
+    files = [DatumFile(i, repo, path, sha, size) for i, repo, path, sha, size in json.loads(c.files)]
+    return Datum(c.datum_id, c.hash, [(n, root) for n, root in json.loads(c.roots)], files)
+
+
+class _LeaseKeeper:
+    """Renews this runner's datum leases while it works, so that only a runner that stops loses them."""
+
+    def __init__(self, pfs: Pfs, runner_id: str, lease_seconds: float) -> None:
+        self.pfs = pfs
+        self.runner_id = runner_id
+        self.lease_seconds = lease_seconds
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="alarmsieve-leases", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.lease_seconds / 3):
+            try:
+                with self.pfs.session() as s, s.begin():
+                    s.execute(
+                        update(DatumClaimRow)
+                        .where(DatumClaimRow.owner == self.runner_id, DatumClaimRow.state == "claimed")
+                        .values(lease_until=_now() + timedelta(seconds=self.lease_seconds))
+                    )
+            except Exception as exc:  # the catalog is unreachable: the leases lapse and others take over
+                log.warning("runner %s could not renew its leases: %s", self.runner_id, exc)
 
 
 def _needs_run(datum: Datum, old: _Processed | None) -> bool:

@@ -58,6 +58,9 @@ class JobRow(Base):
     plan_seconds: Mapped[float] = mapped_column(Float, default=0.0)
     # datums this job set out to run (known once planned): queued = to_run - datums recorded so far
     to_run: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # a job shared by several runners: JSON {"full": bool, "times": {input: ISO time}, "gone": [datum id]};
+    # "" for a job one runner runs alone
+    shared_plan: Mapped[str] = mapped_column(Text, default="", server_default="")
 
 
 class DatumRow(Base):
@@ -120,3 +123,25 @@ class WorkerRow(Base):
     reason: Mapped[str] = mapped_column(Text, default="")
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class DatumClaimRow(Base):
+    """A datum of a job shared by several runners: who holds it (a lease) and, once done, its result.
+
+    Only jobs of runners coordinating through one catalog (``ALARMSIEVE_RUNNERS=shared``) have these
+    rows; they are deleted in the transaction that makes the job's output commit.
+    """
+
+    __tablename__ = "pps_datum_claims"
+    __table_args__ = (Index("ix_pps_datum_claims_job_state", "job_id", "state"),)
+    job_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    datum_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    pipeline: Mapped[str] = mapped_column(String(63), index=True)
+    hash: Mapped[str] = mapped_column(String(64))
+    roots: Mapped[str] = mapped_column(Text)  # JSON [[input name, root path], ...]
+    files: Mapped[str] = mapped_column(Text)  # JSON [[input, repo, path, sha256, size], ...]
+    state: Mapped[str] = mapped_column(String(16), default="queued")  # queued | claimed | done
+    owner: Mapped[str] = mapped_column(String(100), default="", server_default="")  # runner id holding the lease
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    claims: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # times taken (1 + takeovers)
+    result: Mapped[str] = mapped_column(Text, default="", server_default="")  # JSON of the final DatumResult

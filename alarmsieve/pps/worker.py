@@ -105,7 +105,8 @@ class _ListHandler(logging.Handler):
         self.lines.append(LogLine(datetime.fromtimestamp(record.created, UTC), record.levelname, text))
 
 
-def _repo_reader(config: WorkerConfig) -> Any:
+def _repo_readers(config: WorkerConfig) -> tuple[Any, Any]:
+    """(read_repo, read_files) for StageServices: a whole repo head, or the files under one folder."""
     from alarmsieve.pfs.api import Pfs
 
     pfs = Pfs(config.catalog_url, open_object_store(config.object_store))
@@ -117,7 +118,14 @@ def _repo_reader(config: WorkerConfig) -> Any:
         files = {info.path: pfs.objects.get_bytes(info.sha256 or "") for info in pfs.walk(repo, head.id)}
         return RepoSnapshot(head.id, files)
 
-    return read_repo
+    def read_files(repo: str, branch: str, prefix: str, suffix: str) -> RepoSnapshot:
+        head = pfs.head(repo, branch)
+        if head is None:
+            return RepoSnapshot(None, {})
+        wanted = [i for i in pfs.walk(repo, head.id, prefix) if i.path.endswith(suffix)]
+        return RepoSnapshot(head.id, {i.path: pfs.objects.get_bytes(i.sha256 or "") for i in wanted})
+
+    return read_repo, read_files
 
 
 class Worker:
@@ -127,12 +135,14 @@ class Worker:
         self.stage: Stage | None = None
         builtin = builtin_stage_of(config.cmd)
         if builtin is not None:
+            read_repo, read_files = _repo_readers(config)
             services = StageServices(
                 workspace=config.workspace,
                 catalog_url=config.catalog_url,
                 model_dir=config.model_dir,
                 model_cache=config.model_cache,
-                read_repo=_repo_reader(config),
+                read_repo=read_repo,
+                read_files=read_files,
             )
             name, args = builtin
             self.stage = build_stage(name, args, services)

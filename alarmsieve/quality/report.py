@@ -89,13 +89,10 @@ def curve_svg(points: list[CurvePoint], operating: tuple[float, float] | None = 
 def render_html(report: EvalReport, images: Path, *, title: str = "alarmsieve eval") -> str:
     env = Environment(loader=PackageLoader("alarmsieve.quality", "templates"), autoescape=select_autoescape())
     operating = None
-    if (
-        report.recall
-        and report.recall.rate is not None
-        and report.suppression_detail
-        and report.suppression_detail.rate is not None
-    ):
-        operating = (report.suppression_detail.rate, report.recall.rate)
+    alerted = report.alerted or report.recall  # the curve is alert-only: place the rules on it the same way
+    supp = report.suppression_detail
+    if alerted and alerted.rate is not None and supp and supp.rate is not None:
+        operating = (supp.rate, alerted.rate)
 
     def cards(outcomes: list[ImageOutcome]) -> list[dict]:
         return [{"o": o, "src": thumbnail(images / o.file, o, report.threat_labels)} for o in outcomes]
@@ -108,6 +105,7 @@ def render_html(report: EvalReport, images: Path, *, title: str = "alarmsieve ev
         misses=cards(report.misses),
         false_alarms=cards(report.false_alarms),
         calm_reviews=cards(calm_reviews),
+        threat_reviews=cards(report.reviewed_threats),
     )
 
 

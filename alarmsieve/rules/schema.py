@@ -276,6 +276,21 @@ class LabelRule(_Strict):
         return self
 
 
+class BurstRule(_Strict):
+    """``burst:``: snapshots of one camera seconds apart are one event (see docs/rules.md).
+
+    ``window_s``: frames of the camera within this many seconds of the alarm (before or after) belong to
+    its event (0: bursts off). ``min_frames``: a review-band detection of an alert label seen in at least
+    this many frames of the event (the alarm's included) is confirmed: ``alert``. ``flicker``: what happens
+    to a review-band detection seen in this frame only while at least two other frames of the event show
+    nothing like it: ``keep`` (it stays ``review``; the reason says it is a one-frame flicker) or
+    ``dismiss``."""
+
+    window_s: Annotated[float, BeforeValidator(_reject_bool), Field(ge=0, le=3600)] | None = None
+    min_frames: Annotated[int, BeforeValidator(_reject_bool), Field(ge=2, le=100)] | None = None
+    flicker: Literal["keep", "dismiss"] | None = None
+
+
 def _none_is_empty(value: Any) -> Any:
     # `gate-2:` with nothing under it is an empty override, not an error.
     return {} if value is None else value
@@ -292,6 +307,7 @@ class RuleBlock(_Strict):
     aspect_ratio: AspectRange | None = None
     min_count: Count | None = None
     schedule: Schedule | None = None
+    burst: Annotated[BurstRule, BeforeValidator(_none_is_empty)] | None = None
 
     @model_validator(mode="after")
     def _band(self) -> RuleBlock:
@@ -311,6 +327,12 @@ class ZoneBlock(RuleBlock):
 
     polygon: Polygon
     required: bool = False
+
+    @model_validator(mode="after")
+    def _no_burst(self) -> ZoneBlock:
+        if self.burst is not None:
+            raise ValueError("burst is set per camera (or site, group, defaults), not per zone; move it up")
+        return self
 
 
 class FrameSize(_Strict):
@@ -429,6 +451,19 @@ def armed_in(windows: list[Window], local: datetime) -> bool:
     return False
 
 
+class ResolvedBurst(_Strict):
+    """The burst rules of one camera, field by field from the nearest layer that writes them."""
+
+    window_s: float
+    min_frames: int
+    flicker: Literal["keep", "dismiss"]
+    source: str  # the most specific rule path that writes a burst field
+
+    @property
+    def on(self) -> bool:
+        return self.window_s > 0
+
+
 class EffectiveZone(_Strict):
     name: str
     path: str
@@ -452,6 +487,7 @@ class EffectiveRules(_Strict):
     schedule: ResolvedSchedule | None = None
     zones: list[EffectiveZone] = Field(default_factory=list)
     masks: dict[str, list[tuple[float, float]]] = Field(default_factory=dict)
+    burst: ResolvedBurst = ResolvedBurst(window_s=0, min_frames=2, flicker="keep", source=DEFAULTS_PATH)
 
     def policy(self, label: str) -> LabelPolicy:
         return self.labels.get(label, self.other)
@@ -551,6 +587,23 @@ def _resolve_schedule(layers: Layers, timezone: str) -> ResolvedSchedule:
     return ResolvedSchedule(windows=None, source=DEFAULTS_PATH, timezone=timezone)
 
 
+_BURST_OFF: dict[str, Any] = {"window_s": 0.0, "min_frames": 2, "flicker": "keep"}
+
+
+def _resolve_burst(layers: Layers) -> ResolvedBurst:
+    found: dict[str, Any] = {}
+    # the most specific layer that writes a burst field names the rules in the reasons
+    source = next((src for block, src in layers if block.burst is not None), DEFAULTS_PATH)
+    for name in ("window_s", "min_frames", "flicker"):
+        for block, _ in layers:
+            if block.burst is not None and getattr(block.burst, name) is not None:
+                found[name] = getattr(block.burst, name)
+                break
+        else:
+            found[name] = _BURST_OFF[name]
+    return ResolvedBurst(**found, source=source)
+
+
 class RuleSet(_Strict):
     """All rules of a repo, merged. ``origins`` maps a rule path to the file that defined it."""
 
@@ -631,6 +684,7 @@ class RuleSet(_Strict):
             schedule=_resolve_schedule(layers, timezone),
             zones=zones,
             masks={k: list(v) for k, v in (block.masks if block else {}).items()},
+            burst=_resolve_burst(layers),
         )
 
     def warm(self) -> RuleSet:

@@ -10,6 +10,13 @@ anyway (a plain ``put file``), this stage keeps judging with the last valid rule
 in memory and in ``<workspace>/cache/rules/`` so a fresh worker knows them too — and says so in
 every verdict (``rules_note``) and in the job's log. With no valid rules known at all it judges
 with the built-in defaults and never dismisses (``review`` instead).
+
+Bursts (rules ``burst:``): the other frames of the same camera within ``window_s`` seconds of an alarm
+(read once per job and camera from the ``detect`` repo's head through ``StageServices.read_files``) are
+its event. A review-band person seen near the same place in ``min_frames`` frames of the event becomes
+``alert``; a review-band detection seen in one frame only, while at least two others show nothing like
+it, is a one-frame flicker (kept as ``review`` or dismissed, per ``burst.flicker``). Each change is
+explained in the detection's ``why`` and the verdict's reasons. Alert-band detections are never touched.
 """
 
 from __future__ import annotations
@@ -19,15 +26,20 @@ import base64
 import json
 import os
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from alarmsieve.rules import AlarmFacts, ObjectBox, RulesError, RuleSet, judge, load_rules
+from alarmsieve.rules.schema import EffectiveRules, LabelPolicy
 from alarmsieve.stages.alarms import alarm_folders, pass_through, read_record, write_record
 from alarmsieve.stages.base import DatumContext, Stage, StageServices, StageUsageError
 from alarmsieve.stages.records import (
     ANNOTATED_FILE,
     DETECTIONS_FILE,
     VERDICT_FILE,
+    AlarmMeta,
     DetectionsRecord,
     JudgedBox,
     VerdictRecord,
@@ -45,19 +57,38 @@ class RulesInForce:
     doubt: bool = False  # no valid rules known: never dismiss
 
 
+@dataclass(frozen=True)
+class BurstFrame:
+    """Another frame of the camera: when it was taken and what the detector saw in it."""
+
+    alarm: str
+    time: datetime
+    time_source: str
+    boxes: tuple[tuple[str, float, tuple[float, float, float, float]], ...]  # label, score, box
+
+
 class AssessStage(Stage):
     name = "assess"
+    code_version = "2"  # 2: bursts
 
     def __init__(self, args: list[str], services: StageServices) -> None:
         super().__init__(args, services)
         parser = argparse.ArgumentParser(prog="alarmsieve stage assess", exit_on_error=False)
         parser.add_argument("--rules", default="rules@master", help="REPO@BRANCH holding the rules YAML files")
+        parser.add_argument(
+            "--frames", default="detect@master", help="REPO@BRANCH of the detections that bursts look at (none: off)"
+        )
         try:
             opts = parser.parse_args(args)
         except (argparse.ArgumentError, SystemExit) as exc:
             raise StageUsageError(f"assess: bad arguments {args}: {exc}") from exc
         repo, _, branch = opts.rules.partition("@")
         self.rules_repo, self.rules_branch = repo, branch or "master"
+        frames_repo, _, frames_branch = opts.frames.partition("@")
+        self.frames_repo = None if frames_repo == "none" else frames_repo
+        self.frames_branch = frames_branch or "master"
+        self._frames: dict[str, list[BurstFrame]] = {}  # camera -> its frames, read once per job
+        self._frames_job: str | None = None
         self._job: str | None = None
         self._in_force: RulesInForce | None = None
         self._by_commit: dict[str | None, RuleSet] = {}
@@ -153,6 +184,13 @@ class AssessStage(Stage):
         for folder, rel in alarm_folders(ctx, DETECTIONS_FILE):
             record = read_record(folder / DETECTIONS_FILE, DetectionsRecord)
             verdict = self.assess_one(record, in_force.rules, in_force.commit, folder, ctx)
+            burst = in_force.rules.for_camera(verdict.camera).burst
+            # only a review-band detection can change with the burst: read the history only then
+            in_doubt = any(d.kept and d.severity == "review" for d in verdict.detections)
+            if burst.on and verdict.status == "ok" and in_doubt:
+                frames = self.camera_frames(ctx, verdict.camera)
+                if frames:
+                    verdict = apply_burst(verdict, record.meta, in_force.rules, frames)
             if in_force.note:
                 verdict = with_note(verdict, in_force.note, in_force.doubt)
             write_record(ctx, rel, VERDICT_FILE, verdict)
@@ -161,6 +199,30 @@ class AssessStage(Stage):
             why = verdict.reasons[0] if verdict.reasons else ""
             ctx.log.info("alarm %s: %s: %s", verdict.alarm, verdict.verdict, why)
 
+    def camera_frames(self, ctx: DatumContext, camera: str) -> list[BurstFrame]:
+        """The camera's frames in the detections repo head, read once per job (empty when unreadable)."""
+        if self.frames_repo is None or self.services.read_files is None:
+            return []
+        if self._frames_job != ctx.job_id:
+            self._frames, self._frames_job = {}, ctx.job_id
+        found = self._frames.get(camera)
+        if found is None:
+            snapshot = self.services.read_files(self.frames_repo, self.frames_branch, f"/{camera}", DETECTIONS_FILE)
+            found = []
+            for path, raw in snapshot.files.items():
+                try:
+                    rec = DetectionsRecord.model_validate_json(raw)
+                except ValidationError:
+                    ctx.log.warning(
+                        "assess: bursts: %s@%s%s is not a detections record", self.frames_repo, snapshot.commit_id, path
+                    )
+                    continue
+                if rec.status == "ok":
+                    boxes = tuple((d.label, d.score, d.box) for d in rec.detections)
+                    found.append(BurstFrame(rec.meta.alarm, _utc(rec.meta.time), rec.meta.time_source, boxes))
+            self._frames[camera] = found
+        return found
+
     @staticmethod
     def assess_one(
         record: DetectionsRecord, rules: RuleSet, rules_commit: str | None, folder: Path, ctx: DatumContext
@@ -168,6 +230,88 @@ class AssessStage(Stage):
         versions = {"detect": record.pipeline_version, "assess": ctx.pipeline_version}
         annotated = ANNOTATED_FILE if (folder / ANNOTATED_FILE).exists() else None
         return judge_record(record, rules, rules_commit, annotated, {k: v for k, v in versions.items() if v})
+
+
+def _utc(when: datetime) -> datetime:
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)  # alarm times are UTC
+
+
+def _policy_of(eff: EffectiveRules, box: JudgedBox) -> LabelPolicy:
+    if box.zone is not None:
+        for zone in eff.zones:
+            if zone.name == box.zone:
+                return zone.rules.policy(box.label)
+    return eff.policy(box.label)
+
+
+def _near(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> bool:
+    """Same place, give or take a few seconds of walking: centres within the taller box's height."""
+    reach = max(a[3] - a[1], b[3] - b[1])
+    return abs((a[0] + a[2]) - (b[0] + b[2])) / 2 <= reach and abs((a[1] + a[3]) - (b[1] + b[3])) / 2 <= reach
+
+
+def apply_burst(verdict: VerdictRecord, meta: AlarmMeta, rules: RuleSet, frames: list[BurstFrame]) -> VerdictRecord:
+    """The verdict with the evidence of the camera's other frames within the burst window (see module doc)."""
+    eff = rules.for_camera(verdict.camera)
+    b = eff.burst
+    t = _utc(meta.time)
+    event = [
+        f
+        for f in frames
+        if f.alarm != meta.alarm
+        and abs((f.time - t).total_seconds()) <= b.window_s
+        # an upload of many files at once says nothing about when they were taken
+        and not (f.time == t and "commit" in (f.time_source, meta.time_source))
+    ]
+    if not event:
+        return verdict
+    window = f"{b.window_s:g} s"
+    boxes: list[JudgedBox] = []
+    changed = False
+    for d in verdict.detections:
+        p = _policy_of(eff, d)
+        if not (d.kept and d.severity == "review" and p.severity == "alert" and d.score < p.min_score):
+            boxes.append(d)
+            continue
+        seen = [
+            f
+            for f in event
+            if any(lab == d.label and sc >= p.review_min_score and _near(d.box, bx) for lab, sc, bx in f.boxes)
+        ]
+        if 1 + len(seen) >= b.min_frames:
+            where = ", ".join(f"{f.alarm} {(f.time - t).total_seconds():+.0f} s" for f in seen[:3])
+            why = (
+                f"{d.why}; seen in {1 + len(seen)} frames within {window} ({where}): alert "
+                f"(burst min_frames {b.min_frames}, {b.source})"
+            )
+            boxes.append(d.model_copy(update={"severity": "alert", "why": why}))
+            changed = True
+        elif not seen and len(event) >= 2:
+            why = f"{d.why}; one-frame flicker: none in the {len(event)} other frames within {window}"
+            if b.flicker == "dismiss":
+                why += f": dismissed (burst flicker dismiss, {b.source})"
+                boxes.append(d.model_copy(update={"kept": False, "why": why}))
+            else:
+                boxes.append(d.model_copy(update={"why": why + f" (burst flicker keep, {b.source})"}))
+            changed = True
+        else:
+            boxes.append(d)
+    if not changed:
+        return verdict
+    kept = sorted((d for d in boxes if d.kept), key=lambda d: (d.severity != "alert", -d.score))
+    if kept:
+        return verdict.model_copy(
+            update={
+                "verdict": "alert" if kept[0].severity == "alert" else "review",
+                "reasons": [d.why for d in kept],
+                "rule_path": kept[0].rule_path or verdict.rule_path,
+                "detections": boxes,
+            }
+        )
+    summary = f"no threat: one-frame flicker dismissed ({len(event)} other frames within {window} show nothing)"
+    return verdict.model_copy(
+        update={"verdict": "dismiss", "reasons": [summary, *(d.why for d in boxes)], "detections": boxes}
+    )
 
 
 def with_note(verdict: VerdictRecord, note: str, doubt: bool) -> VerdictRecord:

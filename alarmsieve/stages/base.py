@@ -35,6 +35,8 @@ class StageServices:
     model_dir: Path | None = None
     model_cache: Path | None = None
     read_repo: Callable[[str, str], RepoSnapshot] | None = None
+    # (repo, branch, prefix, suffix): the files under a folder whose names end with suffix (assess: bursts)
+    read_files: Callable[[str, str, str, str], RepoSnapshot] | None = None
 
 
 @dataclass

@@ -20,9 +20,14 @@ from PIL import Image
 
 from alarmsieve.stages.alarms import alarm_folders, read_record, write_record
 from alarmsieve.stages.base import DatumContext, Stage, StageServices, StageUsageError
-from alarmsieve.stages.records import VERDICT_FILE, ClipFrameVerdict, ClipVerdictRecord, VerdictRecord
+from alarmsieve.stages.records import (
+    CLIP_VERDICT_FILE,
+    VERDICT_FILE,
+    ClipFrameVerdict,
+    ClipVerdictRecord,
+    VerdictRecord,
+)
 
-CLIP_VERDICT_FILE = "clip-verdict.json"
 BEST_FILE = "best.jpg"
 SUMMARY_FILE = "summary.gif"
 SEVERITY = {"alert": 2, "review": 1, "dismiss": 0}
@@ -36,6 +41,7 @@ def _top(record: VerdictRecord) -> tuple[float, str]:
 
 class ClipsStage(Stage):
     name = "clips"
+    code_version = "2"  # 2: the clip verdict carries the clip sha256 and the deciding frame's boxes
 
     def __init__(self, args: list[str], services: StageServices) -> None:
         super().__init__(args, services)
@@ -115,6 +121,7 @@ class ClipsStage(Stage):
             reasons.append(f"partial clip: {first.clip.partial}")
         if first.clip.capped:
             reasons.append("clip capped at the maximum duration: the rest was not read")
+        source = decider or first  # rules and model of the frame that decided (all frames share them as a rule)
         return ClipVerdictRecord(
             clip=clip,
             camera=first.camera,
@@ -136,6 +143,10 @@ class ClipsStage(Stage):
             ],
             partial=first.clip.partial,
             capped=first.clip.capped,
+            clip_sha256=first.clip.sha256,
+            detections=decider.detections if decider else [],
+            rules_commit=source.rules_commit,
+            model=source.model,
         )
 
     def summary(self, images: list[Path]) -> bytes | None:

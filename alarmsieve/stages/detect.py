@@ -2,7 +2,8 @@
 
 Input: ``validate`` repo, one alarm folder per datum. The model is loaded once per worker. Tiled
 inference (``--tiling auto|on|off``, ``--tile-cameras cam-a,cam-b``; see ``vision.tiling``) adds
-overlapping tiles to the whole frame for small, distant people. A detector
+overlapping tiles to the whole frame for small, distant people; the default ``auto`` tiles large
+frames and frames whose whole-frame pass found a doubtful person (a second look). A detector
 error is recorded as ``detector_error`` (judged ``review`` downstream, never dismissed).
 """
 
@@ -49,8 +50,9 @@ class DetectStage(Stage):
         parser.add_argument(
             "--tiling",
             choices=["auto", "on", "off"],
-            default="off",
-            help="whole frame + overlapping tiles: on, off, auto (longer side >= --tile-auto-min-side)",
+            default="auto",
+            help="whole frame + overlapping tiles: on, off, auto (frames whose longer side >= "
+            "--tile-auto-min-side, and frames with a doubtful person: see --tile-doubt-below)",
         )
         parser.add_argument("--tile-cameras", default="", help="comma-separated camera ids always tiled")
         parser.add_argument("--tile-size", type=int, default=None, help="tile side in pixels (default: model input)")
@@ -59,6 +61,14 @@ class DetectStage(Stage):
             "--tile-max", type=int, default=2, help="at most this many tiles (tiles grow to fit); 0: no cap"
         )
         parser.add_argument("--tile-auto-min-side", type=int, default=1000)
+        parser.add_argument(
+            "--tile-doubt-below",
+            type=float,
+            default=0.5,
+            help="auto: also tile a frame whose whole-frame pass found a --tile-doubt-labels object under this "
+            "score (0: never)",
+        )
+        parser.add_argument("--tile-doubt-labels", default="person", help="comma-separated labels worth a closer look")
         try:
             opts = parser.parse_args(args)
         except (argparse.ArgumentError, SystemExit) as exc:
@@ -85,6 +95,8 @@ class DetectStage(Stage):
                 max_tiles=opts.tile_max or None,
                 auto_min_side=opts.tile_auto_min_side,
                 nms_iou=opts.nms_iou,
+                doubt_labels=opts.tile_doubt_labels.split(","),
+                doubt_below=opts.tile_doubt_below,
             )
         except ValidationError as exc:
             raise StageUsageError(f"detect: bad tiling arguments {args}: {exc}") from exc
@@ -93,9 +105,10 @@ class DetectStage(Stage):
     def identity(self) -> dict[str, str]:
         ids = {**super().identity(), "model": self.model_ref.name, "model_sha256": self.model_ref.sha256}
         if self.tiling.mode != "off" or self.tiling.cameras:
-            ids["tiling"] = self.tiling.mode + (
-                f" cameras {','.join(self.tiling.cameras)}" if self.tiling.cameras else ""
-            )
+            t = self.tiling
+            ids["tiling"] = t.mode + (f" cameras {','.join(t.cameras)}" if t.cameras else "")
+            if t.mode == "auto" and t.doubt_below > 0 and t.doubt_labels:
+                ids["tiling"] += f" doubt {','.join(t.doubt_labels)}<{t.doubt_below:g}"
         return ids
 
     def process(self, ctx: DatumContext) -> None:
@@ -125,7 +138,7 @@ class DetectStage(Stage):
             started = time.perf_counter()
             found = self.tiled.detect(image, camera=meta.camera)
             elapsed = (time.perf_counter() - started) * 1000
-            tiles = self.tiled.last_tiles
+            tiles, why_tiled = self.tiled.last_tiles, self.tiled.last_reason
         except Exception as exc:  # the verdict becomes `review`: a failed detector never dismisses
             ctx.log.exception("detector failed on %s", meta.alarm)
             record = DetectionsRecord(**base, status="detector_error", reason=f"detector failed: {exc}")
@@ -135,7 +148,7 @@ class DetectStage(Stage):
             meta.alarm,
             ", ".join(f"{d.label} {d.score:.2f}" for d in found) or "nothing",
             elapsed,
-            f" (whole frame + {tiles} tiles)" if tiles else "",
+            f" (whole frame + {tiles} tiles: {why_tiled})" if tiles else "",
         )
         record = DetectionsRecord(
             **base,

@@ -1,7 +1,9 @@
 """The files the stages write, one pydantic schema each (the stage outputs are an external format).
 
 Each alarm is one folder per stage: ``<camera>/<file name>/`` in the ``validate``, ``detect``,
-``assess`` and ``notify`` repos, so a ``/*/*`` glob makes one datum per alarm downstream.
+``assess`` and ``notify`` repos, so a ``/*/*`` glob makes one datum per alarm downstream. A video clip
+is one folder too (``<camera>/<clip>/`` in ``frames`` and ``clips``), with one sub-folder per sampled
+frame (``<camera>/<clip>/<frame>.jpg/``) in ``validate``, ``detect``, ``assess`` and ``notify``.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ DETECTIONS_FILE = "detections.json"
 VERDICT_FILE = "verdict.json"
 NOTIFICATION_FILE = "notification.json"
 CLIP_FILE = "clip.json"
+CLIP_VERDICT_FILE = "clip-verdict.json"
 ANNOTATED_FILE = "annotated.jpg"
 
 AlarmStatus = Literal["ok", "rejected", "uniform", "detector_error"]
@@ -33,6 +36,7 @@ class ClipRef(Record):
     reasons: list[str]  # first | interval | motion
     partial: str = ""  # why the clip's decoding stopped early
     capped: bool = False
+    sha256: str = ""  # of the clip file: with the clip path, the key of its one notification
 
 
 class AlarmMeta(Record):
@@ -161,6 +165,10 @@ class ClipVerdictRecord(Record):
     frames: list[ClipFrameVerdict]
     partial: str = ""
     capped: bool = False
+    clip_sha256: str = ""  # of the clip file (with ``clip``, the notification key)
+    detections: list[JudgedBox] = []  # the deciding frame's judged boxes (what the notification shows)
+    rules_commit: str | None = None  # of the deciding frame (else the first)
+    model: ModelRef | None = None
 
 
 class NotificationRecord(Record):

@@ -1,7 +1,9 @@
 """Stage ``validate``: is this alarm image usable, which camera sent it, and when was it taken?
 
-Input: ``images`` repo, ``<camera>/<file>``. Output per alarm: ``<camera>/<file>/meta.json`` and the
-image itself (unchanged) when it is usable. A rejected file is recorded with its reason and the
+Input: the union of ``images`` (``<camera>/<file>``) and ``frames`` (``<camera>/<clip>/``: ``clip.json``
+and the sampled frames, each stamped with the clip's start plus its offset). Output per alarm:
+``<camera>/<file>/meta.json`` (a frame: ``<camera>/<clip>/<frame>/meta.json``) and the image itself
+(unchanged) when it is usable. A rejected file is recorded with its reason and the
 rest of the datum goes on; a uniform frame (covered lens, dead IR) is kept as possible tampering.
 """
 
@@ -41,6 +43,7 @@ def time_from_filename(name: str) -> datetime | None:
 
 class ValidateStage(Stage):
     name = "validate"
+    code_version = "2"  # 2: a frame's ClipRef carries the clip's sha256
 
     def __init__(self, args: list[str], services: StageServices) -> None:
         super().__init__(args, services)
@@ -101,6 +104,7 @@ class ValidateStage(Stage):
                         reasons=frame.reasons,
                         partial=clip.partial,
                         capped=clip.capped,
+                        sha256=clip.sha256,
                     ),
                 }
             )

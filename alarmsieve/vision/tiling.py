@@ -7,7 +7,11 @@ tile box back to frame pixels and merges the lot with class-aware NMS. A box cut
 edge is dropped when most of it lies inside a same-label box found elsewhere (the whole-frame box of
 the same person), so one object gives one box.
 
-``TilePlan`` decides the layout; ``TiledDetector`` wraps any ``DetectorBackend``.
+``auto`` tiles large frames, and any frame whose whole-frame pass found a doubtful threat: a ``person``
+scoring at or above the detector's floor but under ``doubt_below`` (the alert threshold) gets a second,
+closer look. Most frames (nothing doubtful) cost one pass; a doubtful one costs ``max_tiles + 1``.
+
+``plan_tiles`` decides the layout; ``TiledDetector`` wraps any ``DetectorBackend``.
 """
 
 from __future__ import annotations
@@ -29,7 +33,9 @@ class TilingConfig(BaseModel):
     """How to tile. ``tile_size`` is the tile side in frame pixels (None: the model's input size, i.e. native
     resolution); ``max_tiles`` caps the tile count by growing the tiles (each tile then shrinks a little
     to fit the model), which bounds the cost at ``max_tiles + 1`` passes; ``auto_min_side``: in ``auto``
-    mode, tile frames whose longer side is at least this many pixels."""
+    mode, tile frames whose longer side is at least this many pixels; ``doubt_labels`` / ``doubt_below``:
+    in ``auto`` mode, also tile a frame whose whole-frame pass found one of these labels scoring under
+    ``doubt_below`` (0: never)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -41,11 +47,22 @@ class TilingConfig(BaseModel):
     auto_min_side: int = Field(default=1000, ge=1)
     nms_iou: float = Field(default=0.45, gt=0.0, le=1.0)
     contain: float = Field(default=0.6, gt=0.0, le=1.0)
+    doubt_labels: list[str] = ["person"]
+    # the default alert threshold: a person found at 0.25..0.5 is worth a closer look
+    doubt_below: float = Field(default=0.5, ge=0.0, le=1.0)
 
     @model_validator(mode="after")
     def _cameras_need_no_mode(self) -> TilingConfig:
         self.cameras = [c.strip() for c in self.cameras if c.strip()]
+        self.doubt_labels = [c.strip() for c in self.doubt_labels if c.strip()]
         return self
+
+    def doubt(self, whole: list[Detection]) -> Detection | None:
+        """In ``auto`` mode, the whole-frame detection that makes the frame doubtful (None: none)."""
+        if self.mode != "auto":
+            return None
+        found = [d for d in whole if d.label in self.doubt_labels and d.score < self.doubt_below]
+        return max(found, key=lambda d: d.score) if found else None
 
     def wanted(self, camera: str | None, width: int, height: int) -> bool:
         """Whether a frame of this camera and size is tiled."""
@@ -102,6 +119,7 @@ class TiledDetector(DetectorBackend):
         self.model_sha256 = base.model_sha256
         self.input_size = input_size or int(getattr(base, "input_size", 416))
         self.last_tiles = 0  # tiles run on the last frame (0: not tiled)
+        self.last_reason = ""  # why the last frame was tiled
 
     def tiles_for(self, width: int, height: int) -> list[tuple[int, int, int, int]]:
         c = self.config
@@ -113,13 +131,19 @@ class TiledDetector(DetectorBackend):
         check_bgr(image_bgr)
         h, w = image_bgr.shape[:2]
         whole = self.base.detect(image_bgr)
-        if not self.config.wanted(camera, w, h):
-            self.last_tiles = 0
+        self.last_tiles, self.last_reason = 0, ""
+        doubt = None if self.config.wanted(camera, w, h) else self.config.doubt(whole)
+        if not self.config.wanted(camera, w, h) and doubt is None:
             return whole
         tiles = self.tiles_for(w, h)
         if len(tiles) == 1 and tiles[0] == (0, 0, w, h):
-            self.last_tiles = 0
             return whole
+        if doubt is not None:
+            self.last_reason = f"doubtful {doubt.label} {doubt.score:.2f}"
+        elif camera is not None and camera in self.config.cameras:
+            self.last_reason = "camera listed"
+        else:
+            self.last_reason = "large frame" if self.config.mode == "auto" else "tiling on"
         self.last_tiles = len(tiles)
         found: list[tuple[Detection, bool]] = [(d, False) for d in whole]
         for x1, y1, x2, y2 in tiles:

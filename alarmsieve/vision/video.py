@@ -94,14 +94,20 @@ def sample_clip(
             raise VideoRejected("no_video_stream", "the file has no video stream")
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        rate = float(stream.average_rate or stream.guessed_rate or 0)
+        # guessed_rate is FFmpeg's r_frame_rate, read from the frame timestamps: None when they do not
+        # advance (a 0 fps stream), even where the average rate is then made up from the track length
+        rate = float(stream.guessed_rate or 0)
         if rate <= 0:
-            raise VideoRejected("zero_fps", "the video stream declares no frame rate (0 fps); re-encode the clip")
+            raise VideoRejected(
+                "zero_fps",
+                "the video stream has no frame rate (0 fps: its frame timestamps do not advance); "
+                "re-encode the clip with a frame rate, e.g. ffmpeg -i in.mp4 -r 10 out.mp4",
+            )
         sample = ClipSample(
             codec=stream.codec_context.name,
             width=stream.codec_context.width,
             height=stream.codec_context.height,
-            fps=round(rate, 3),
+            fps=round(float(stream.average_rate or rate), 3),  # the mean rate: r_frame_rate overstates VFR
             duration_s=0.0,
             container_start=_creation_time(container),
             frames_decoded=0,
@@ -124,7 +130,7 @@ def sample_clip(
                     sample.capped = True
                     break
                 sample.frames_decoded += 1
-                sample.duration_s = offset
+                sample.duration_s = max(sample.duration_s, offset)  # timestamps may step back
                 thumb = _luma_thumb(frame)
                 motion = float(np.mean(np.abs(thumb - previous))) if previous is not None else 0.0
                 previous = thumb
