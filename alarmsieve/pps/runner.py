@@ -443,28 +443,7 @@ class Runner:
             def on_result(result: DatumResult, attempts: int) -> None:
                 results[result.datum_id] = result
                 datum_rows.append(_datum_row(name, by_id[result.datum_id], result, attempts))
-                for line in result.logs:
-                    logs.add(
-                        line.message,
-                        datum=result.datum_id,
-                        worker=result.worker,
-                        level=line.level,
-                        ts=line.ts,
-                    )
-                if result.recovered:
-                    logs.add(
-                        f"datum recovered by err_cmd after: {result.reason}",
-                        datum=result.datum_id,
-                        worker=result.worker,
-                        level="WARNING",
-                    )
-                elif not result.ok:
-                    logs.add(
-                        f"datum failed after {attempts} attempts: {result.reason}",
-                        datum=result.datum_id,
-                        worker=result.worker,
-                        level="ERROR",
-                    )
+                logs.add_result(result, attempts)
                 if len(datum_rows) >= 200:
                     self._flush(datum_rows, logs)
                 if self.progress:
@@ -1026,22 +1005,7 @@ class Runner:
                     )
                     continue
                 s.add(_datum_row(name, datums[result.datum_id], result, attempts))
-                for line in result.logs:
-                    logs.add(line.message, datum=result.datum_id, worker=result.worker, level=line.level, ts=line.ts)
-                if result.recovered:
-                    logs.add(
-                        f"datum recovered by err_cmd after: {result.reason}",
-                        datum=result.datum_id,
-                        worker=result.worker,
-                        level="WARNING",
-                    )
-                elif not result.ok:
-                    logs.add(
-                        f"datum failed after {attempts} attempts: {result.reason}",
-                        datum=result.datum_id,
-                        worker=result.worker,
-                        level="ERROR",
-                    )
+                logs.add_result(result, attempts)
             logs.flush(s)
         if getattr(pool, "crash_looping", False):
             self._set_pipeline_health(
@@ -1199,6 +1163,25 @@ class _JobLog:
             )
         )
         log.debug("%s", message, extra={"pipeline": self.pipeline, "job": self.job_id, "datum": datum})
+
+    def add_result(self, result: DatumResult, attempts: int) -> None:
+        """A datum's own log lines, then how it ended when it did not simply succeed."""
+        for line in result.logs:
+            self.add(line.message, datum=result.datum_id, worker=result.worker, level=line.level, ts=line.ts)
+        if result.recovered:
+            self.add(
+                f"datum recovered by err_cmd after: {result.reason}",
+                datum=result.datum_id,
+                worker=result.worker,
+                level="WARNING",
+            )
+        elif not result.ok:
+            self.add(
+                f"datum failed after {attempts} attempts: {result.reason}",
+                datum=result.datum_id,
+                worker=result.worker,
+                level="ERROR",
+            )
 
     def flush(self, s: Session) -> None:
         s.add_all(self.rows)
