@@ -93,6 +93,11 @@ def test_post_review_open_mark_wrong(served: tuple[Workspace, str, subprocess.Po
         alarm_id = r.json()["id"]
         status = c.get(f"/api/v1/alarms/{alarm_id}", params={"wait": "30s", "final": "true"}).json()
         assert status["state"] == "done" and status["verdict"]["verdict"] == "alert", status
+        deadline = time.monotonic() + 60  # the notify job runs after the verdict is committed
+        while status.get("notification") is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+            status = c.get(f"/api/v1/alarms/{alarm_id}", params={"final": "true"}).json()
+        assert status["notification"] is not None, status
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
