@@ -132,6 +132,10 @@ def test_post_then_long_poll_returns_the_verdict(api: Api, shared_dir: Path) -> 
         assert any(d["label"] == "person" and d["kept"] for d in status["verdict"]["detections"])
         assert status["verdict"]["model"]["sha256"]
         assert {s["stage"]: s["done"] for s in status["stages"]}["assess"] is True
+        # the detector ran once: the pipeline's detect worker took the provisional run's boxes
+        detect_log = [x.message for x in api.ws.pps.logs(pipeline="detect")]
+        assert any("detections of the API's provisional run reused" in m for m in detect_log), detect_log
+        assert not any(p.is_file() for p in (api.ws.home / "cache" / "detections").glob("*/*"))
 
         # the same alarm again: same id, no second commit
         again = post(c, "cam-1", photo(shared_dir, "coral/grace_hopper.bmp"), time="2026-11-27T10:30:00Z")

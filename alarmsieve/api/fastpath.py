@@ -42,6 +42,7 @@ from sqlalchemy import select
 from alarmsieve.pfs.api import Pfs
 from alarmsieve.pps.tables import PipelineRow
 from alarmsieve.stages.base import DatumContext, RepoSnapshot, Stage, StageServices
+from alarmsieve.stages.detect import DetectStage
 from alarmsieve.stages.records import DETECTIONS_FILE, VERDICT_FILE, DetectionsRecord, VerdictRecord
 from alarmsieve.stages.registry import build_stage, builtin_stage_of
 from alarmsieve.workspace import Workspace
@@ -234,6 +235,8 @@ class FastPath:
                     self.reason = f"pipeline {pipeline} is not the built-in {stage_name} stage reading {reads}"
                     return None
                 stage = build_stage(builtin[0], builtin[1], self._services())
+                if isinstance(stage, DetectStage):  # the pipeline's detect worker reuses these boxes
+                    stage.share_detections = True
                 known = next((v.identity for v in pps.versions(pipeline) if v.version == version), {})
                 if known and known != stage.identity():
                     self.reason = (

@@ -5,11 +5,20 @@ inference (``--tiling auto|on|off``, ``--tile-cameras cam-a,cam-b``; see ``visio
 overlapping tiles to the whole frame for small, distant people; the default ``auto`` tiles large
 frames and frames whose whole-frame pass found a doubtful person (a second look). A detector
 error is recorded as ``detector_error`` (judged ``review`` downstream, never dismissed).
+
+Shared detections: the API's fast path (``api.fastpath``) runs this same stage on an alarm the moment
+it lands, with ``share_detections`` on; it leaves the boxes in ``<workspace>/cache/detections/`` under
+a key of the image bytes, the camera and the stage's identity (code version, model sha256, tiling). The
+pipeline's detect worker that meets the same image takes them from there (and removes them) instead of
+running the model a second time. Any other stage identity gives another key, so nothing stale is used.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import hashlib
+import json
 import os
 import time
 from pathlib import Path
@@ -30,7 +39,7 @@ from alarmsieve.stages.records import (
     ModelRef,
 )
 from alarmsieve.vision.annotate import annotate, encode_jpeg
-from alarmsieve.vision.detector import create_detector
+from alarmsieve.vision.detector import Detection, create_detector
 from alarmsieve.vision.models import CATALOGUE, locate_model
 from alarmsieve.vision.tiling import TiledDetector, TilingConfig
 
@@ -101,6 +110,9 @@ class DetectStage(Stage):
         except ValidationError as exc:
             raise StageUsageError(f"detect: bad tiling arguments {args}: {exc}") from exc
         self.tiled = TiledDetector(self.detector, self.tiling)
+        self.share_detections = False  # the API's fast path: leave the boxes for the pipeline's worker
+        self._shared_dir = services.workspace / "cache" / "detections" if services.workspace else None
+        self._prune_shared()
 
     def identity(self) -> dict[str, str]:
         ids = {**super().identity(), "model": self.model_ref.name, "model_sha256": self.model_ref.sha256}
@@ -135,10 +147,18 @@ class DetectStage(Stage):
         image = None
         try:
             image = _read_bgr(folder / meta.image_file)
-            started = time.perf_counter()
-            found = self.tiled.detect(image, camera=meta.camera)
-            elapsed = (time.perf_counter() - started) * 1000
-            tiles, why_tiled = self.tiled.last_tiles, self.tiled.last_reason
+            shared = self._shared_path(folder / meta.image_file, meta.camera)
+            reused = self._take_shared(shared)
+            if reused is not None:
+                found, elapsed, tiles, why_tiled = reused
+                ctx.log.info("alarm %s: detections of the API's provisional run reused", meta.alarm)
+            else:
+                started = time.perf_counter()
+                found = self.tiled.detect(image, camera=meta.camera)
+                elapsed = (time.perf_counter() - started) * 1000
+                tiles, why_tiled = self.tiled.last_tiles, self.tiled.last_reason
+                if self.share_detections:
+                    self._leave_shared(shared, found, elapsed, tiles, why_tiled)
         except Exception as exc:  # the verdict becomes `review`: a failed detector never dismisses
             ctx.log.exception("detector failed on %s", meta.alarm)
             record = DetectionsRecord(**base, status="detector_error", reason=f"detector failed: {exc}")
@@ -159,6 +179,49 @@ class DetectStage(Stage):
         )
         return record, image
 
+    def _prune_shared(self, max_age_s: float = 86400.0) -> None:
+        """Boxes the pipeline never came for (its version changed meanwhile) go after a day."""
+        if self._shared_dir is None or not self._shared_dir.is_dir():
+            return
+        cutoff = time.time() - max_age_s
+        for path in self._shared_dir.glob("*/*"):
+            with contextlib.suppress(FileNotFoundError):
+                if path.stat().st_mtime < cutoff:
+                    path.unlink()
+
+    def _shared_path(self, image_file: Path, camera: str) -> Path | None:
+        if self._shared_dir is None or not (self.share_detections or self._shared_dir.is_dir()):
+            return None
+        key = hashlib.sha256(image_file.read_bytes())
+        key.update(json.dumps([camera, self.identity()], sort_keys=True).encode())
+        digest = key.hexdigest()
+        return self._shared_dir / digest[:2] / f"{digest}.json"
+
+    def _take_shared(self, path: Path | None) -> tuple[list[Detection], float, int, str] | None:
+        if path is None:
+            return None
+        try:
+            raw = path.read_bytes()
+            path.unlink(missing_ok=True)  # used once: the pipeline's record is the lasting copy
+            doc = json.loads(raw)
+            found = [_as_detection(BoxRecord.model_validate(b)) for b in doc["boxes"]]
+            return found, float(doc["ms"]), int(doc["tiles"]), str(doc["why_tiled"])
+        except FileNotFoundError:
+            return None
+        except (ValueError, KeyError, ValidationError):  # a torn or foreign file: detect afresh
+            return None
+
+    @staticmethod
+    def _leave_shared(path: Path | None, found: list[Detection], ms: float, tiles: int, why_tiled: str) -> None:
+        if path is None:
+            return
+        boxes = [BoxRecord(label=d.label, score=d.score, box=d.box).model_dump() for d in found]
+        doc = {"boxes": boxes, "ms": ms, "tiles": tiles, "why_tiled": why_tiled}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temp = path.with_suffix(f".{os.getpid()}.tmp")
+        temp.write_text(json.dumps(doc))
+        temp.replace(path)  # whole or not at all, for a worker reading at the same moment
+
 
 def _read_bgr(path: Path) -> np.ndarray:
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
@@ -167,8 +230,7 @@ def _read_bgr(path: Path) -> np.ndarray:
     return image
 
 
-def _as_detection(box: BoxRecord):
-    from alarmsieve.vision.detector import Detection
+def _as_detection(box: BoxRecord) -> Detection:
     from alarmsieve.vision.models import COCO_LABELS
 
     class_id = COCO_LABELS.index(box.label) if box.label in COCO_LABELS else -1
