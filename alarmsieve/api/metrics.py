@@ -23,7 +23,13 @@ from sqlalchemy.orm import Session
 from alarmsieve.api.tables import ApiAlarm
 from alarmsieve.pfs.api import Pfs
 from alarmsieve.pfs.db import get_engine
-from alarmsieve.stages.records import DETECTIONS_FILE, META_FILE, NOTIFICATION_FILE, VERDICT_FILE
+from alarmsieve.stages.records import (
+    CLIP_VERDICT_FILE,
+    DETECTIONS_FILE,
+    META_FILE,
+    NOTIFICATION_FILE,
+    VERDICT_FILE,
+)
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0)
 DETECTOR_BUCKETS = (0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0)
@@ -33,6 +39,7 @@ QUEUE_MARKERS = {
     "validate": META_FILE,
     "detect": DETECTIONS_FILE,
     "assess": VERDICT_FILE,
+    "clips": CLIP_VERDICT_FILE,
     "notify": NOTIFICATION_FILE,
 }
 QUEUE_CACHE_S = 2.0
@@ -168,7 +175,8 @@ class SystemCollector(Collector):
             "validate": counts["images"] - counts["validate"],
             "detect": counts["validate"] - counts["detect"],
             "assess": counts["detect"] - counts["assess"],
-            "notify": counts["assess"] - counts["notify"],
+            # notify reads snapshot and frame verdicts (assess) and clip verdicts (clips)
+            "notify": counts["assess"] + counts["clips"] - counts["notify"],
         }
         depth = {k: max(v, 0) for k, v in depth.items()}
         self._cache = (time.monotonic(), depth)
