@@ -392,3 +392,34 @@ def test_encode_jpeg_round_trip() -> None:
     assert len(encode_jpeg(frame, quality=10)) < len(data)
     with pytest.raises(ValueError, match="quality"):
         encode_jpeg(frame, quality=0)
+
+
+def test_execution_providers_follow_the_device_and_what_onnxruntime_has(detector: DetectorBackend) -> None:
+    from alarmsieve.vision.detector import choose_providers
+
+    gpu_build = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    cpu_build = ["AzureExecutionProvider", "CPUExecutionProvider"]
+    assert choose_providers("auto", gpu_build) == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert choose_providers("auto", cpu_build) == ["CPUExecutionProvider"]
+    assert choose_providers("cpu", gpu_build) == ["CPUExecutionProvider"]
+    assert choose_providers("cuda", gpu_build) == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    with pytest.raises(ValueError, match=r"no CUDA provider.*onnxruntime-gpu"):
+        choose_providers("cuda", cpu_build)
+    with pytest.raises(ValueError, match="auto, cpu or cuda"):
+        choose_providers("tpu", cpu_build)
+    # this machine: the session really runs on what `auto` chose
+    assert isinstance(detector, OnnxYoloxDetector)
+    assert detector.providers[0] == choose_providers("auto")[0]
+
+
+def test_detect_stage_refuses_a_device_it_cannot_use(tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    from alarmsieve.stages.base import StageServices, StageUsageError
+    from alarmsieve.stages.detect import DetectStage
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has CUDA: --device cuda is valid here")
+    services = StageServices(model_dir=MODEL_DIR, model_cache=tmp_path)
+    with pytest.raises(StageUsageError, match="detect: device cuda: this onnxruntime has no CUDA provider"):
+        DetectStage(["--device", "cuda"], services)

@@ -5,7 +5,9 @@ like a local worker process. alarmsieve stays the authority: Ray's own retries a
 (``max_restarts=0``, ``max_task_retries=0``); this pool counts attempts against ``datum_tries``,
 kills an actor whose datum passes ``datum_timeout``, and replaces a dead actor (a dead node takes its
 actors with it) before the datum is tried again. Each actor has at most one datum in flight
-(back-pressure), and actors reserve no CPU while running unless the spec's ``resource_requests`` say
+(back-pressure). Each actor is pinned (softly) to the alive node holding the fewest of the pool's
+actors, so a pool spreads over nodes and a replacement goes to a node other than the one that just
+lost an actor. Actors reserve no CPU while running unless the spec's ``resource_requests`` say
 so, so the driver that feeds them never waits for a core (no deadlock on a 2-CPU cluster).
 """
 
@@ -14,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -107,23 +109,75 @@ class RayWorkerPool:
         import ray
 
         if not ray.is_initialized():
-            ray.init(address=self.address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+            # "local", not None: ray.init(None) joins the last cluster started on this machine (``ray
+            # start``, /tmp/ray/ray_current_cluster) instead of starting a private one
+            address = self.address or "local"
+            ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
         return ray
 
-    def _spawn(self, index: int) -> _Actor:
+    def _alive_nodes(self) -> list[dict[str, Any]]:
+        return [n for n in self._ray().nodes() if n.get("Alive")]
+
+    def _target_node(self, replacing: int, avoid: set[str]) -> str | None:
+        """The alive node that can hold an actor and holds the fewest of this pool's other actors.
+
+        Nodes in ``avoid`` (where an actor just died) come last: Ray reports a node alive until its
+        health checks fail, seconds after its actors became unreachable.
+        """
+        options = self.options
+        # an actor that asks for nothing still needs one CPU to be placed (Ray's default)
+        default_cpu = 0.0 if "num_gpus" in options or "memory" in options else 1.0
+        need = {
+            "CPU": float(options.get("num_cpus", default_cpu)),
+            "GPU": float(options.get("num_gpus", 0)),
+            "memory": float(options.get("memory", 0)),
+        }
+        fits = [
+            n["NodeID"]
+            for n in self._alive_nodes()
+            if all(n["Resources"].get(key, 0.0) >= amount for key, amount in need.items() if amount)
+        ]
+        if not fits:
+            return None  # let Ray place it (or report it infeasible)
+        held = Counter(a.node for a in self.actors if a.index != replacing)
+        return min(fits, key=lambda node: (node in avoid, held[node], node))
+
+    def _spawn(self, index: int, avoid: set[str] | None = None) -> _Actor:
         ray = self._ray()
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
         config = self.make_config(index)
-        remote_cls = ray.remote(_WorkerActor).options(name=None, **self.options)
-        actor = _Actor(index, config, remote_cls.remote(config))
-        try:
-            actor.pid, actor.identity, actor.node = ray.get(actor.handle.hello.remote(), timeout=self.start_timeout)
-        except Exception as exc:
-            raise WorkerStartError(f"ray actor {config.worker_id} could not load its stage: {exc}") from exc
-        return actor
+        avoid = set(avoid or ())
+        while True:
+            options = dict(self.options)
+            node = self._target_node(index, avoid)
+            if node:
+                # Ray's SPREAD alone can put both actors of a 2-actor pool on one node of two (seen on
+                # Ray 2.x when actors are created one after the other); pin each actor to the
+                # least-used alive node instead. soft: if that node cannot take it, Ray places it.
+                options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node, soft=True)
+            remote_cls = ray.remote(_WorkerActor).options(name=None, **options)
+            actor = _Actor(index, config, remote_cls.remote(config))
+            try:
+                actor.pid, actor.identity, actor.node = ray.get(actor.handle.hello.remote(), timeout=self.start_timeout)
+                return actor
+            except Exception as exc:
+                with contextlib.suppress(Exception):
+                    ray.kill(actor.handle, no_restart=True)
+                if node and node not in avoid and node not in {n["NodeID"] for n in self._alive_nodes()}:
+                    avoid.add(node)  # its node died under it: not the stage's fault, try elsewhere
+                    continue
+                raise WorkerStartError(f"ray actor {config.worker_id} could not load its stage: {exc}") from exc
 
     def start(self) -> None:
         if not self.actors:
-            self.actors = [self._spawn(i) for i in range(self.size)]
+            # one at a time, so that each placement sees where the previous actors went
+            try:
+                for index in range(self.size):
+                    self.actors.append(self._spawn(index))
+            except BaseException:
+                self.close()  # no half-started pool
+                raise
 
     def identity(self) -> dict[str, str]:
         self.start()
@@ -132,12 +186,13 @@ class RayWorkerPool:
     def nodes(self) -> list[str]:
         return [a.node for a in self.actors]
 
-    def _replace(self, actor: _Actor) -> _Actor:
+    def _replace(self, actor: _Actor, *, node_suspect: bool = True) -> _Actor:
         ray = self._ray()
         with contextlib.suppress(Exception):  # already dead with its node
             ray.kill(actor.handle, no_restart=True)
         self.restarts += 1
-        new = self._spawn(actor.index)
+        # an actor that died may have died with its node; a hung one (timeout) says nothing about it
+        new = self._spawn(actor.index, avoid={actor.node} if node_suspect else None)
         self.actors[actor.index] = new
         return new
 
@@ -202,7 +257,7 @@ class RayWorkerPool:
                         fail_or_retry(task, result.worker, result.reason, result.traceback)
                 elif actor.deadline is not None and time.monotonic() >= actor.deadline:
                     actor.task, actor.deadline = None, None
-                    self._replace(actor)
+                    self._replace(actor, node_suspect=False)
                     fail_or_retry(
                         task,
                         actor.config.worker_id,

@@ -39,7 +39,7 @@ from alarmsieve.stages.records import (
     ModelRef,
 )
 from alarmsieve.vision.annotate import annotate, encode_jpeg
-from alarmsieve.vision.detector import Detection, create_detector
+from alarmsieve.vision.detector import Detection, choose_providers, create_detector
 from alarmsieve.vision.models import CATALOGUE, locate_model
 from alarmsieve.vision.tiling import TiledDetector, TilingConfig
 
@@ -56,6 +56,9 @@ class DetectStage(Stage):
         parser.add_argument("--score-threshold", type=float, default=0.25)
         parser.add_argument("--nms-iou", type=float, default=0.45)
         parser.add_argument("--threads", type=int, default=1)
+        parser.add_argument(
+            "--device", default="auto", help="auto (CUDA when onnxruntime-gpu and a GPU are there), cpu or cuda"
+        )
         parser.add_argument(
             "--tiling",
             choices=["auto", "on", "off"],
@@ -91,8 +94,17 @@ class DetectStage(Stage):
             cache_dir=services.model_cache,
             allow_download=os.environ.get("ALARMSIEVE_OFFLINE", "") not in ("1", "true", "yes"),
         )
+        try:
+            providers = choose_providers(opts.device)
+        except ValueError as exc:
+            raise StageUsageError(f"detect: {exc}") from exc
         self.detector = create_detector(
-            "onnx", model=model, score_threshold=opts.score_threshold, nms_iou=opts.nms_iou, threads=opts.threads
+            "onnx",
+            model=model,
+            score_threshold=opts.score_threshold,
+            nms_iou=opts.nms_iou,
+            threads=opts.threads,
+            providers=providers,
         )
         self.model_ref = ModelRef(name=model.entry.name, sha256=model.sha256)
         try:

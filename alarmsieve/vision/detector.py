@@ -52,6 +52,31 @@ class DetectorBackend(ABC):
         """Detections in a uint8 HxWx3 BGR frame, highest score first."""
 
 
+CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
+
+
+def choose_providers(device: str = "auto", available: list[str] | None = None) -> list[str]:
+    """onnxruntime execution providers for ``device``: ``cpu``, ``cuda``, or ``auto`` (CUDA when this
+    onnxruntime build has it, i.e. ``onnxruntime-gpu`` on a machine with a GPU; else CPU).
+
+    On Ray, an actor given a GPU (``resource_requests.gpu``) sees it through ``CUDA_VISIBLE_DEVICES``,
+    so ``auto`` picks it up there and stays on the CPU everywhere else.
+    """
+    have = ort.get_available_providers() if available is None else available
+    if device == "cpu":
+        return [CPU]
+    if device == "cuda":
+        if CUDA not in have:
+            raise ValueError(
+                f"device cuda: this onnxruntime has no CUDA provider (it has {', '.join(have)}); install "
+                "onnxruntime-gpu in place of onnxruntime on GPU machines, or use --device auto or cpu"
+            )
+        return [CUDA, CPU]
+    if device == "auto":
+        return [CUDA, CPU] if CUDA in have else [CPU]
+    raise ValueError(f"device must be auto, cpu or cuda, not {device!r}")
+
+
 class OnnxYoloxDetector(DetectorBackend):
     """YOLOX-Nano on onnxruntime (CPU by default): letterbox, one forward pass, decode, class-aware NMS."""
 
@@ -82,9 +107,8 @@ class OnnxYoloxDetector(DetectorBackend):
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self._session = ort.InferenceSession(
-            str(model.path), sess_options=opts, providers=providers or ["CPUExecutionProvider"]
-        )
+        self._session = ort.InferenceSession(str(model.path), sess_options=opts, providers=providers or [CPU])
+        self.providers = self._session.get_providers()  # what onnxruntime really uses (CUDA may fall back)
         inp = self._session.get_inputs()[0]
         self._input_name = inp.name
         shape = inp.shape
