@@ -236,9 +236,10 @@ def test_two_node_cluster_spreads_datums_and_survives_losing_a_node(
     ws = Workspace(Settings(home=tmp_path / "ws"), must_exist=False)
     # each datum takes a moment, so the second node is killed while its actor holds one
     cmd = ["sh", "-c", 'sleep 0.3; for f in "$PFS_ROOT"/data/*; do tr a-z A-Z <"$f" >"$PFS_ROOT/out/${f##*/}"; done']
-    pool = _pool(ws, tmp_path, cmd, size=2, datum_tries=3)
+    pool = _pool(ws, tmp_path, cmd, size=1, datum_tries=3, coefficient=1.0)  # 1.x coefficient: 1 per node
     pool.start()
     head = cluster.head_node.node_id
+    assert pool.alive_nodes() == 2 and pool.size == 2
     assert sorted(pool.nodes()) == sorted([head, second.node_id])
 
     results: dict[str, list[tuple[DatumResult, int, str]]] = {}

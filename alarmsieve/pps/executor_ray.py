@@ -90,9 +90,12 @@ class RayWorkerPool:
         address: str | None = None,
         resource_requests: dict | None = None,
         start_timeout: float = 300.0,
+        coefficient: float | None = None,
     ) -> None:
         self.make_config = make_config
         self.size = max(1, size)
+        # Pachyderm 1.x `parallelism_spec.coefficient`: actors per alive node, counted when the pool starts
+        self.coefficient = coefficient
         self.datum_tries = max(1, datum_tries)
         self.datum_timeout = datum_timeout
         self.address = address
@@ -169,8 +172,13 @@ class RayWorkerPool:
                     continue
                 raise WorkerStartError(f"ray actor {config.worker_id} could not load its stage: {exc}") from exc
 
+    def alive_nodes(self) -> int:
+        return sum(1 for n in self._ray().nodes() if n.get("Alive"))
+
     def start(self) -> None:
         if not self.actors:
+            if self.coefficient is not None:
+                self.size = max(1, round(self.coefficient * self.alive_nodes()))
             # one at a time, so that each placement sees where the previous actors went
             try:
                 for index in range(self.size):

@@ -243,6 +243,7 @@ class Runner:
                     datum_timeout=timeout,
                     address=self.paths.ray_address,
                     resource_requests=spec.resource_requests,
+                    coefficient=spec.parallelism_spec.coefficient,  # × alive Ray nodes, not local CPUs
                 )
             else:
                 pool = WorkerPool(
