@@ -7,6 +7,7 @@ what is wrong and how to fix it, and exit with status 1 (2 for bad usage).
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from datetime import UTC, datetime, timedelta
@@ -873,10 +874,24 @@ def main() -> None:
 @app.callback(invoke_without_command=True)
 def _version(
     version: Annotated[bool, typer.Option("--version", help="print the version and exit")] = False,
+    executor: Annotated[
+        str | None,
+        typer.Option("--executor", help="where workers run: local (processes, default) or ray; = ALARMSIEVE_EXECUTOR"),
+    ] = None,
+    ray_address: Annotated[
+        str | None, typer.Option("--ray-address", help="--executor ray: auto or HOST:PORT; = ALARMSIEVE_RAY_ADDRESS")
+    ] = None,
 ) -> None:
     if version:
         console.print(f"alarmsieve {__version__}")
         raise typer.Exit()
+    # The flags win over the environment: settings are read from it when a command opens the workspace.
+    if executor is not None:
+        if executor not in ("local", "ray"):
+            fail(f"--executor {executor}: choose local (worker processes) or ray (pip install 'alarmsieve[ray]')", 2)
+        os.environ["ALARMSIEVE_EXECUTOR"] = executor
+    if ray_address is not None:
+        os.environ["ALARMSIEVE_RAY_ADDRESS"] = ray_address
 
 
 # Command groups in their own modules register themselves on the apps above.

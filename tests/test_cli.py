@@ -174,3 +174,12 @@ def test_a_bad_setting_in_the_environment_names_the_variable(tmp_path: Path) -> 
     assert result.returncode == 1
     assert b"ALARMSIEVE_EXECUTOR='bogus'" in result.stderr and b"'local' or 'ray'" in result.stderr
     assert b"Traceback" not in result.stderr
+
+
+def test_executor_flag_wins_over_the_environment_and_is_checked(tmp_path: Path) -> None:
+    bad = run_cli("--executor", "warp", "list", "repo", home=tmp_path / "ws")
+    assert bad.returncode == 2 and b"--executor warp: choose local" in bad.stderr
+    # the flag replaces a bad ALARMSIEVE_EXECUTOR from the environment
+    ok = run_cli("--executor", "local", "init", home=tmp_path / "ws", env={"ALARMSIEVE_EXECUTOR": "bogus"})
+    assert ok.returncode == 0, ok.stderr
+    assert run_cli("list", "repo", home=tmp_path / "ws", env={"ALARMSIEVE_EXECUTOR": "bogus"}).returncode == 1
