@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import functools
 import json
 import uuid
 from collections import defaultdict, deque
@@ -136,6 +137,17 @@ def datum_info(r: DatumRow) -> DatumInfo:
 
 def _identity_text(identity: dict[str, str]) -> str:
     return ", ".join(f"{k} {v}" for k, v in sorted(identity.items()))
+
+
+@functools.lru_cache(maxsize=256)
+def _parsed_spec(spec_json: str, source: str) -> PipelineSpec:
+    return parse_spec(json.loads(spec_json), source=source)
+
+
+def _stored_spec(spec_json: str, source: str) -> PipelineSpec:
+    """A stored version's spec. Parsing validates against Pachyderm's schema (milliseconds) and the runner
+    asks several times per job, so each stored text is parsed once; callers get their own copy."""
+    return _parsed_spec(spec_json, source).model_copy(deep=True)
 
 
 class Pps:
@@ -308,12 +320,7 @@ class Pps:
                 raise PpsError(f"pipeline {name!r} not found (pipelines: {known})")
             v = s.get(PipelineVersionRow, (name, version or row.version))
             assert v is not None
-            return (
-                parse_spec(json.loads(v.spec_json), source=f"pipeline {name} v{v.version}"),
-                v.version,
-                v.salt,
-                row.state,
-            )
+            return (_stored_spec(v.spec_json, f"pipeline {name} v{v.version}"), v.version, v.salt, row.state)
 
     def set_state(self, name: str, state: str, reason: str = "") -> None:
         with self.session() as s, s.begin():
