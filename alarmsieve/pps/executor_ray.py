@@ -4,10 +4,11 @@ Each actor holds one :class:`~alarmsieve.pps.worker.Worker` (its stage and model
 like a local worker process. alarmsieve stays the authority: Ray's own retries are off
 (``max_restarts=0``, ``max_task_retries=0``); this pool counts attempts against ``datum_tries``,
 kills an actor whose datum passes ``datum_timeout``, and replaces a dead actor (a dead node takes its
-actors with it) before the datum is tried again. Each actor has at most one datum in flight
-(back-pressure). Each actor is pinned (softly) to the alive node holding the fewest of the pool's
-actors, so a pool spreads over nodes and a replacement goes to a node other than the one that just
-lost an actor. Actors reserve no CPU while running unless the spec's ``resource_requests`` say
+actors with it) before the datum is tried again. Each actor has at most two datums in flight
+(back-pressure: the running one and the next, queued in the actor so that it never waits for the
+driver). Each actor is pinned (softly) to the alive node holding the fewest of the pool's actors,
+so a pool spreads over nodes and a replacement goes to a node other than the one that just lost an
+actor. Actors reserve no CPU while running unless the spec's ``resource_requests`` say
 so, so the driver that feeds them never waits for a core (no deadlock on a 2-CPU cluster).
 """
 
@@ -18,7 +19,7 @@ import os
 import time
 from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from alarmsieve.pps.executor import WorkerStartError
@@ -50,9 +51,9 @@ class _Actor:
     handle: Any
     node: str = ""
     pid: int = 0
-    task: DatumTask | None = None
-    ref: Any = None
-    deadline: float | None = None
+    # datums handed to the actor, oldest (the one running) first, with their result refs
+    inflight: deque[tuple[DatumTask, Any]] = field(default_factory=deque)
+    deadline: float | None = None  # of the running datum
     identity: dict[str, str] | None = None
 
 
@@ -77,6 +78,11 @@ def _bytes(text: str) -> int:
         if text.endswith(suffix):
             return int(float(text[: -len(suffix)]) * factor)
     return int(float(text))
+
+
+# Datums handed to one actor at a time: the running one and the next, which waits in the actor's own
+# queue and starts the moment the first ends (no idle round trip to the driver). Bounded: back-pressure.
+IN_FLIGHT = 2
 
 
 class RayWorkerPool:
@@ -235,36 +241,47 @@ class RayWorkerPool:
                     task.attempt,
                 )
 
-        while queue or any(a.task for a in self.actors):
+        def deadline() -> float | None:
+            return time.monotonic() + self.datum_timeout if self.datum_timeout else None
+
+        def requeue_waiting(actor: _Actor) -> None:
+            # datums queued behind the lost one never started: back to the queue, no attempt used
+            waiting = [t for t, _ in list(actor.inflight)[1:]]
+            actor.inflight.clear()
+            queue.extendleft(reversed(waiting))
+
+        while queue or any(a.inflight for a in self.actors):
             for actor in self.actors:
-                if actor.task is None and queue:
-                    actor.task = queue.popleft()
-                    actor.ref = actor.handle.run.remote(actor.task)
-                    actor.deadline = time.monotonic() + self.datum_timeout if self.datum_timeout else None
-            busy = [a for a in self.actors if a.task is not None]
+                while len(actor.inflight) < IN_FLIGHT and queue:
+                    task = queue.popleft()
+                    actor.inflight.append((task, actor.handle.run.remote(task)))
+                    if len(actor.inflight) == 1:
+                        actor.deadline = deadline()
+            busy = [a for a in self.actors if a.inflight]
             deadlines = [a.deadline for a in busy if a.deadline is not None]
             timeout = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
-            ready, _ = ray.wait([a.ref for a in busy], num_returns=1, timeout=timeout)
-            for actor in list(busy):
-                task = actor.task
-                assert task is not None
-                if actor.ref in ready:
-                    actor.task, actor.deadline = None, None
+            ready, _ = ray.wait([a.inflight[0][1] for a in busy], num_returns=1, timeout=timeout)
+            for actor in busy:
+                task, ref = actor.inflight[0]
+                if ref in ready:
                     try:
-                        result: DatumResult = ray.get(actor.ref)
+                        result: DatumResult = ray.get(ref)
                     except Exception as exc:  # the actor (or its node) died mid-datum
                         reason = (
                             f"ray actor {actor.config.worker_id} died while processing the datum: {type(exc).__name__}"
                         )
+                        requeue_waiting(actor)
                         self._replace(actor)
                         fail_or_retry(task, actor.config.worker_id, reason)
                         continue
+                    actor.inflight.popleft()
+                    actor.deadline = deadline() if actor.inflight else None  # the next one has started
                     if result.ok:
                         on_result(result, task.attempt)
                     else:
                         fail_or_retry(task, result.worker, result.reason, result.traceback)
                 elif actor.deadline is not None and time.monotonic() >= actor.deadline:
-                    actor.task, actor.deadline = None, None
+                    requeue_waiting(actor)
                     self._replace(actor, node_suspect=False)
                     fail_or_retry(
                         task,
