@@ -377,7 +377,8 @@ class Runner:
             return self._start_shared_job(name, spec, version, salt, commits, last_inputs, last_id)
         return self._run_job(name, spec, version, salt, commits, last_inputs)
 
-    def _error_job(self, name: str, version: int, commit_ids: dict[str, str], reason: str) -> JobInfo:
+    def _new_job(self, name: str, version: int, commit_ids: dict[str, str]) -> str:
+        """A job row in state ``running``; returns its id."""
         job_id = uuid.uuid4().hex
         with self.pfs.session() as s, s.begin():
             s.add(
@@ -390,6 +391,10 @@ class Runner:
                     created_at=_now(),
                 )
             )
+        return job_id
+
+    def _error_job(self, name: str, version: int, commit_ids: dict[str, str], reason: str) -> JobInfo:
+        job_id = self._new_job(name, version, commit_ids)
         if self.progress:
             self.progress.job_started(name, job_id, 0)
         return self._fail_job(job_id, reason, crashing=True)
@@ -404,19 +409,8 @@ class Runner:
         commits: dict[str, CommitInfo],
         last_inputs: dict[str, str] | None,
     ) -> JobInfo:
-        job_id = uuid.uuid4().hex
         commit_ids = {k: c.id for k, c in commits.items()}
-        with self.pfs.session() as s, s.begin():
-            s.add(
-                JobRow(
-                    id=job_id,
-                    pipeline=name,
-                    version=version,
-                    state="running",
-                    input_commits=json.dumps(commit_ids),
-                    created_at=_now(),
-                )
-            )
+        job_id = self._new_job(name, version, commit_ids)
         logs = _JobLog(self.pfs, name, job_id)
         started = time.perf_counter()
         present, gone, processed, full_plan = self._plan(name, spec, salt, commit_ids, last_inputs)
