@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import ssl
+import time
 from pathlib import Path
 
 import pytest
@@ -112,6 +113,22 @@ def test_smtp_errors_classified(ledger: NotificationLedger) -> None:
     with pytest.raises(DeliveryError) as info:
         closed.send(notification())
     assert info.value.retryable
+
+
+def test_smtp_keeps_one_connection_and_reconnects_after_the_server_hangs_up(ledger: NotificationLedger) -> None:
+    with SmtpServer(idle_timeout=0.5) as server:
+        channel = SmtpChannel(
+            host="127.0.0.1", port=server.port, sender="s@x.org", recipients=["r@x.org"], security="plain", timeout=5
+        )
+        for key in ("a", "b", "c"):
+            assert ledger.deliver_once(channel, notification(key=key)).state == "sent"
+        assert len(set(server.peers)) == 1  # three messages, one connection
+        time.sleep(1.0)  # the server drops the idle connection; the channel notices (NOOP) and connects again
+        out = ledger.deliver_once(channel, notification(key="d"))
+        channel.close()
+    assert (out.state, out.attempts) == ("sent", 1)
+    assert [m["X-Alarmsieve-Key"] for _, m in server.messages] == ["a", "b", "c", "d"]
+    assert len(set(server.peers)) == 2
 
 
 # --- webhook ----------------------------------------------------------------------------------------

@@ -59,11 +59,13 @@ class SmtpServer:
         implicit_tls: bool = False,
         login: tuple[str, str] | None = None,
         reject: str | None = None,
+        idle_timeout: float | None = None,
     ) -> None:
         from aiosmtpd.controller import Controller
         from aiosmtpd.smtp import AuthResult, LoginPassword
 
         self.messages: list[tuple[list[str], EmailMessage]] = []
+        self.peers: list[Any] = []  # the client address of each accepted message: one per connection used
         self.logins: list[str] = []
         outer = self
 
@@ -73,6 +75,7 @@ class SmtpServer:
                     return reject
                 msg = message_from_bytes(envelope.content, policy=policy.default)
                 outer.messages.append((list(envelope.rcpt_tos), msg))  # type: ignore[arg-type]
+                outer.peers.append(session.peer)
                 return "250 Message accepted for delivery"
 
         def authenticator(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> Any:
@@ -83,6 +86,8 @@ class SmtpServer:
 
         self.port = free_port()
         kwargs: dict[str, Any] = {}
+        if idle_timeout is not None:  # the server hangs up on a client idle this long
+            kwargs["timeout"] = idle_timeout
         if tls is not None and implicit_tls:
             kwargs["ssl_context"] = tls
         elif tls is not None:

@@ -41,7 +41,7 @@ from sqlalchemy import select
 
 from alarmsieve.pfs.api import Pfs
 from alarmsieve.pps.tables import PipelineRow
-from alarmsieve.stages.base import DatumContext, RepoSnapshot, Stage, StageServices
+from alarmsieve.stages.base import DatumContext, RepoSnapshot, SnapshotMemo, Stage, StageServices
 from alarmsieve.stages.detect import DetectStage
 from alarmsieve.stages.records import DETECTIONS_FILE, VERDICT_FILE, DetectionsRecord, VerdictRecord
 from alarmsieve.stages.registry import build_stage, builtin_stage_of
@@ -113,6 +113,7 @@ class FastPath:
         self.reason = ""  # why the last alarm got no provisional verdict (status, logs)
         self.skipped = 0
         self._objects = _ObjectCache(ws.pfs)
+        self._snapshots = SnapshotMemo()
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="alarmsieve-fastpath")
         self._futures: OrderedDict[str, Future[Provisional | None]] = OrderedDict()
         self._lock = threading.Lock()
@@ -186,9 +187,13 @@ class FastPath:
     def _read_repo(self, repo: str, branch: str) -> RepoSnapshot:
         pfs = self.ws.pfs
         head = pfs.head(repo, branch)
-        if head is None:
-            return RepoSnapshot(None, {})
-        return RepoSnapshot(head.id, {i.path: self._objects.get(i.sha256 or "") for i in pfs.walk(repo, head.id)})
+        head_id = head.id if head is not None else None
+        return self._snapshots.get(
+            repo,
+            branch,
+            head_id,
+            lambda: {i.path: self._objects.get(i.sha256 or "") for i in pfs.walk(repo, head_id or "")},
+        )
 
     def _read_files(self, repo: str, branch: str, prefix: str, suffix: str) -> RepoSnapshot:
         pfs = self.ws.pfs

@@ -132,15 +132,25 @@ class Dispatcher:
     backoff: float = 0.5
 
     def __post_init__(self) -> None:
-        self._channels: dict[tuple[int, str, str], Channel] = {}
+        self._channels: dict[tuple[str, str], Channel] = {}
+        self._config: NotifyConfig | None = None
 
     def channel(self, config: NotifyConfig, cfg: ChannelConfig, recipient: str | None) -> Channel:
-        cache_key = (id(config), cfg.name, recipient or "")
+        """The channel for one recipient, kept (with its connection) while the configuration stays the same."""
+        if config is not self._config:
+            self.close()  # a new configuration: its channels may point elsewhere
+            self._config = config
+        cache_key = (cfg.name, recipient or "")
         channel = self._channels.get(cache_key)
         if channel is None:
             channel = self.wrap(build_channel(cfg, recipient, self.outbox_dir, self.env))
             self._channels[cache_key] = channel
         return channel
+
+    def close(self) -> None:
+        for channel in self._channels.values():
+            channel.close()
+        self._channels.clear()
 
     def dispatch(self, config: NotifyConfig, base: AlarmNotification, labels: list[str]) -> list[DeliveryResult]:
         """Route ``base`` (keyed by the alarm) to every matching recipient; [] when no route matches."""

@@ -99,6 +99,9 @@ def _aware(value: datetime) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
+COMMIT_ID_LENGTH = 32  # uuid4().hex
+
+
 @dataclass
 class _Resolved:
     repo_id: int
@@ -425,6 +428,14 @@ class Pfs:
         )
 
     def _resolve(self, s: Session, repo: str, ref: str = "master") -> _Resolved:
+        if len(ref) == COMMIT_ID_LENGTH:  # a whole commit id, as the runner passes them: one query
+            hit = s.execute(
+                select(CommitRow.repo_id, CommitRow.branch, CommitRow.seq)
+                .join(RepoRow, RepoRow.id == CommitRow.repo_id)
+                .where(CommitRow.id == ref, RepoRow.name == repo)
+            ).one_or_none()
+            if hit is not None:
+                return _Resolved(hit.repo_id, repo, hit.branch, hit.seq, ref)
         repo_row = self._repo_row(s, repo)
         branch = s.get(BranchRow, (repo_row.id, ref))
         if branch is not None:
@@ -445,6 +456,16 @@ class Pfs:
 
     def head(self, repo: str, branch: str = "master") -> CommitInfo | None:
         with self.session() as s:
+            # One query for the common case (asked before every job of every pipeline); the slow path
+            # below names what is missing, or resolves a commit id given as the branch.
+            row = s.scalar(
+                select(CommitRow)
+                .join(BranchRow, BranchRow.head_commit_id == CommitRow.id)
+                .join(RepoRow, RepoRow.id == BranchRow.repo_id)
+                .where(RepoRow.name == repo, BranchRow.name == branch)
+            )
+            if row is not None:
+                return self._commit_info(s, row, repo)
             r = self._resolve(s, repo, branch)
             if r.commit_id is None:
                 return None

@@ -184,13 +184,16 @@ class Runner:
 
         return on_worker
 
-    def _set_workers_state(self, pipeline: str, state: str) -> None:
-        with self.pfs.session() as s, s.begin():
-            s.execute(
-                update(WorkerRow)
-                .where(WorkerRow.pipeline == pipeline, WorkerRow.state.in_(("idle", "busy")))
-                .values(state=state, updated_at=_now())
-            )
+    def _set_workers_state(self, pipeline: str, state: str, s: Session | None = None) -> None:
+        """Workers idle/busy for `status`; in ``s`` when given (one transaction less before a job's first datum)."""
+        if s is None:
+            with self.pfs.session() as own, own.begin():
+                return self._set_workers_state(pipeline, state, own)
+        s.execute(
+            update(WorkerRow)
+            .where(WorkerRow.pipeline == pipeline, WorkerRow.state.in_(("idle", "busy")))
+            .values(state=state, updated_at=_now())
+        )
 
     def __enter__(self) -> Runner:
         return self
@@ -425,6 +428,8 @@ class Runner:
         )
         with self.pfs.session() as s, s.begin():
             s.execute(update(JobRow).where(JobRow.id == job_id).values(to_run=len(to_run)))
+            if to_run:
+                self._set_workers_state(name, "busy", s)
         if self.progress:
             self.progress.job_started(name, job_id, len(to_run))
 
@@ -448,7 +453,6 @@ class Runner:
                 logs.add(f"attempt {task.attempt} failed, retrying: {reason}", datum=task.datum_id, level="WARNING")
 
             pool = self.pool_for(name, version, spec)
-            self._set_workers_state(name, "busy")
             try:
                 pool.run(tasks, on_result, on_retry)
             except Exception as exc:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from alarmsieve.pfs.objects import open_object_store
-from alarmsieve.stages.base import DatumContext, RepoSnapshot, Stage, StageServices
+from alarmsieve.stages.base import DatumContext, RepoSnapshot, SnapshotMemo, Stage, StageServices
 from alarmsieve.stages.registry import build_stage, builtin_stage_of
 
 
@@ -110,13 +110,17 @@ def _repo_readers(config: WorkerConfig) -> tuple[Any, Any]:
     from alarmsieve.pfs.api import Pfs
 
     pfs = Pfs(config.catalog_url, open_object_store(config.object_store))
+    memo = SnapshotMemo()
 
     def read_repo(repo: str, branch: str) -> RepoSnapshot:
         head = pfs.head(repo, branch)
-        if head is None:
-            return RepoSnapshot(None, {})
-        files = {info.path: pfs.objects.get_bytes(info.sha256 or "") for info in pfs.walk(repo, head.id)}
-        return RepoSnapshot(head.id, files)
+        head_id = head.id if head is not None else None
+        return memo.get(
+            repo,
+            branch,
+            head_id,
+            lambda: {info.path: pfs.objects.get_bytes(info.sha256 or "") for info in pfs.walk(repo, head_id or "")},
+        )
 
     def read_files(repo: str, branch: str, prefix: str, suffix: str) -> RepoSnapshot:
         head = pfs.head(repo, branch)

@@ -26,6 +26,25 @@ class RepoSnapshot:
     files: dict[str, bytes]
 
 
+class SnapshotMemo:
+    """The last snapshot read of each repo branch: commits are immutable, so an unchanged head is not read again.
+
+    Stages read a small repo (rules, notification config) at the start of every job; with this a job
+    on the same rules costs one head lookup instead of a walk and a read of every file.
+    """
+
+    def __init__(self) -> None:
+        self._last: dict[tuple[str, str], RepoSnapshot] = {}
+
+    def get(self, repo: str, branch: str, head: str | None, read: Callable[[], dict[str, bytes]]) -> RepoSnapshot:
+        if head is None:
+            return RepoSnapshot(None, {})
+        known = self._last.get((repo, branch))
+        if known is None or known.commit_id != head:
+            known = self._last[(repo, branch)] = RepoSnapshot(head, read())
+        return known
+
+
 @dataclass
 class StageServices:
     """What the embedded runtime offers a stage; every field is optional under a real Pachyderm."""

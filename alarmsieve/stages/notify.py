@@ -61,6 +61,9 @@ class _FaultAwareChannel(Channel):
     def already_delivered(self, n: AlarmNotification) -> str | None:
         return self.inner.already_delivered(n)
 
+    def close(self) -> None:
+        self.inner.close()
+
     def __repr__(self) -> str:
         return repr(self.inner)
 
