@@ -1,21 +1,29 @@
-"""Ingest alarms that cameras upload straight to an S3 bucket prefix into the ``images`` repo.
+"""Ingest alarms that cameras upload somewhere else: an S3 bucket prefix, or a local folder (FTP drop).
 
 ``s3://bucket/incoming/cam-7/0001.jpg`` becomes ``images@master:/cam-7/0001.jpg``. Each pass lists
 the prefix and commits, in one atomic commit, every object whose path is not yet in the repo with the
 same content (the object's sha256 decides, so a re-upload of a changed image is a new version and a
 repeated pass commits nothing). Keys that are not ``<camera>/<file>`` are skipped with a reason.
+
+A folder works the same way (``incoming/cam-7/0001.jpg``), with what an upload folder needs: a file
+is taken only once it has not changed for ``settle_s`` seconds (an FTP upload in progress grows), and
+hidden files (``.in.0001.jpg``, an FTP server's temporary name) are left alone. Clips (mp4, mov, mkv,
+webm, avi) go to ``videos`` and everything else to ``images``, unless a repo is named. With
+``remove``, a file is deleted once a commit holds its content, so the folder holds only what is new.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 from alarmsieve.errors import AlarmsieveError
-from alarmsieve.pfs.api import Pfs
+from alarmsieve.pfs.api import Pfs, RepoNotFoundError
 from alarmsieve.pfs.paths import PathError, normalize_path
 
 
@@ -25,10 +33,14 @@ class IngestError(AlarmsieveError):
 
 @dataclass
 class IngestResult:
-    commit: str | None = None
+    commit: str | None = None  # the last commit made (S3: the only one)
     added: list[str] = field(default_factory=list)
     unchanged: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (key, reason)
+    commits: dict[str, str] = field(default_factory=dict)  # repo -> commit made by this pass
+    added_to: dict[str, int] = field(default_factory=dict)  # repo -> files that commit put
+    waiting: int = 0  # folder files still being uploaded (changed within settle_s) or hidden
+    removed: int = 0  # folder files deleted because a commit holds them (remove=True)
 
 
 def _client(endpoint_url: str | None) -> Any:
@@ -76,4 +88,138 @@ def ingest_prefix(pfs: Pfs, source: str, *, repo: str = "images", endpoint_url: 
         result.added.append(path)
     if result.added:
         result.commit = builder.finish().id
+        result.commits[repo] = result.commit
+        result.added_to[repo] = len(result.added)
     return result
+
+
+CLIP_EXTENSIONS = ("mp4", "mov", "mkv", "webm", "avi")  # what goes to `videos` when no repo is named
+
+
+def repo_for(path: str, *, images: str = "images", videos: str = "videos") -> str:
+    """``videos`` for a clip (by extension), ``images`` for anything else (validate judges what it is)."""
+    return videos if path.rsplit(".", 1)[-1].lower() in CLIP_EXTENSIONS else images
+
+
+@dataclass(frozen=True)
+class _Hashed:
+    size: int
+    mtime_ns: int
+    sha256: str
+
+
+class FolderMemo:
+    """What one watcher already hashed (path -> size, mtime, sha256): an unchanged file is not read again."""
+
+    def __init__(self) -> None:
+        self.files: dict[Path, _Hashed] = {}
+
+
+def ingest_folder(
+    pfs: Pfs,
+    folder: Path,
+    *,
+    repo: str | None = None,
+    settle_s: float = 2.0,
+    remove: bool = False,
+    memo: FolderMemo | None = None,
+    now: float | None = None,
+) -> IngestResult:
+    """One pass over ``folder``: commit every settled ``<camera>/<file>`` that is new or changed.
+
+    One atomic commit per repo (``images``, ``videos``). A file that cannot be read, or whose repo is
+    missing, is skipped with the reason and the rest goes on.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise IngestError(
+            f"{folder}: no such folder; give the folder cameras upload to, holding <camera>/<file> "
+            "(e.g. incoming/cam-1/0001.jpg)"
+        )
+    memo = memo if memo is not None else FolderMemo()
+    now = time.time() if now is None else now
+    result = IngestResult()
+    wanted: dict[str, dict[str, tuple[Path, _Hashed]]] = {}  # repo -> path in repo -> (file, what it held)
+    for local, rel in _folder_files(folder):
+        if any(part.startswith(".") for part in rel.split("/")):
+            result.waiting += 1  # an upload's temporary name, or not meant for us
+            continue
+        if "/" not in rel:
+            result.skipped.append((rel, "not under a camera folder: put files in FOLDER/<camera>/<file>"))
+            continue
+        try:
+            path = normalize_path(rel)
+            info = local.stat()
+        except (PathError, OSError) as exc:
+            result.skipped.append((rel, str(exc)))
+            continue
+        if now - info.st_mtime < settle_s:
+            result.waiting += 1  # still being written: the next pass takes it
+            continue
+        try:
+            hashed = _hash(pfs, local, info, memo)
+        except OSError as exc:
+            result.skipped.append((rel, f"cannot read it: {exc.strerror or exc}"))
+            continue
+        wanted.setdefault(repo or repo_for(path), {})[path] = (local, hashed)
+    done: list[tuple[Path, _Hashed]] = []  # files whose content a commit holds
+    for target, files in sorted(wanted.items()):
+        try:
+            existing = pfs.lookup(target, "master", files) if pfs.head(target) else {}
+        except RepoNotFoundError as exc:
+            result.skipped += [(path.lstrip("/"), str(exc)) for path in sorted(files)]
+            continue
+        builder = pfs.start_commit(target, description=f"ingest {folder}")
+        added = []
+        for path, (local, hashed) in sorted(files.items()):
+            current = existing.get(path)
+            if current is not None and current.sha256 == hashed.sha256:
+                result.unchanged += 1
+            else:
+                builder.put_object(path, hashed.sha256, hashed.size)
+                added.append(path)
+            done.append((local, hashed))
+        if added:
+            result.commit = result.commits[target] = builder.finish().id
+            result.added += added
+            result.added_to[target] = len(added)
+    if remove:
+        for local, hashed in done:
+            result.removed += _remove_if_unchanged(local, hashed)
+    return result
+
+
+def _folder_files(folder: Path) -> list[tuple[Path, str]]:
+    """Every file below ``folder`` (symlinked folders not followed), with its path relative to it, sorted."""
+    found = []
+    for root, dirs, names in os.walk(folder):
+        dirs.sort()
+        base = Path(root)
+        for name in sorted(names):
+            local = base / name
+            if local.is_file():
+                found.append((local, local.relative_to(folder).as_posix()))
+    return found
+
+
+def _hash(pfs: Pfs, local: Path, info: os.stat_result, memo: FolderMemo) -> _Hashed:
+    """The file's content in the object store and its sha256; read only when size or mtime moved."""
+    known = memo.files.get(local)
+    same = known is not None and (known.size, known.mtime_ns) == (info.st_size, info.st_mtime_ns)
+    if same and known is not None and pfs.objects.exists(known.sha256):
+        return known
+    sha256, size = pfs.objects.put_path(local)  # hashes first, writes only a new object
+    memo.files[local] = hashed = _Hashed(size, info.st_mtime_ns, sha256)
+    return hashed
+
+
+def _remove_if_unchanged(local: Path, hashed: _Hashed) -> int:
+    """Delete an ingested file, unless it changed after it was read (then the next pass takes it)."""
+    try:
+        info = local.stat()
+        if (info.st_size, info.st_mtime_ns) != (hashed.size, hashed.mtime_ns):
+            return 0
+        local.unlink()
+        return 1
+    except OSError:
+        return 0

@@ -153,15 +153,15 @@ def test_ingest_commits_what_cameras_upload_to_a_bucket(s3_env: str, tmp_path: P
     assert first.returncode == 0, first.stderr.decode()
     assert b"2 new file(s)" in first.stdout and b"loose.jpg: not under a camera folder" in first.stderr
     again = run_cli("ingest", f"s3://{s3_env}/incoming", home=home)
-    assert b"nothing new" in again.stdout and b"2 already in images" in again.stdout
+    assert b"nothing new" in again.stdout and b"2 unchanged" in again.stdout
     client.put_object(Bucket=s3_env, Key="incoming/cam-7/a.png", Body=(photos / "coral/squat.bmp").read_bytes())
     changed = run_cli("ingest", f"s3://{s3_env}/incoming", home=home)
-    assert b"1 new file(s), 1 unchanged" in changed.stdout
+    assert b"1 new file(s)" in changed.stdout and b"1 new, 1 unchanged" in changed.stdout
     ws = Workspace(Settings(home=home))
     assert ws.pfs.get_file("images", "master", "/cam-7/a.png") == (photos / "coral/squat.bmp").read_bytes()
     assert len(ws.pfs.list_commits("images")) == 2
     bad = run_cli("ingest", "http://example/x", home=home)
-    assert bad.returncode == 1 and b"s3://BUCKET/PREFIX" in bad.stderr
+    assert bad.returncode == 2 and b"s3://BUCKET/PREFIX" in bad.stderr
 
 
 def test_put_file_reads_objects_and_prefixes_from_s3(s3_env: str, tmp_path: Path) -> None:

@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 from alarmsieve.api.tables import ApiAlarm, now
 from alarmsieve.api.tokens import check_camera_id
 from alarmsieve.errors import AlarmsieveError
+from alarmsieve.ingest import CLIP_EXTENSIONS
 from alarmsieve.pfs.db import get_engine
 from alarmsieve.stages.records import (
     CLIP_FILE,
@@ -59,7 +60,7 @@ CLIP_STAGE_FILES: tuple[tuple[str, str | None], ...] = (
     ("notify", NOTIFICATION_FILE),
 )
 ClipExt = Literal["mp4", "mov", "mkv", "webm", "avi"]
-CLIP_EXTS: tuple[str, ...] = ("mp4", "mov", "mkv", "webm", "avi")
+CLIP_EXTS: tuple[str, ...] = CLIP_EXTENSIONS
 Kind = Literal["image", "clip"]
 
 
