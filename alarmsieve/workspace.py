@@ -23,7 +23,6 @@ from alarmsieve.pps.api import Pps
 from alarmsieve.pps.ops import Operations
 from alarmsieve.pps.runner import JobProgress, Runner, RuntimePaths
 from alarmsieve.pps.spec import PipelineSpec, load_spec_file
-from alarmsieve.rules.schema import DEFAULT_RULES_YAML
 from alarmsieve.stages.base import StageServices
 from alarmsieve.stages.registry import build_stage, builtin_stage_of
 
@@ -70,6 +69,8 @@ class Workspace:
                 self.pfs.create_repo(repo)
                 done.append(f"created repo {repo}")
         if self.pfs.head("rules") is None:
+            from alarmsieve.rules.schema import DEFAULT_RULES_YAML  # here: most commands never need the rules
+
             builder = self.pfs.start_commit("rules", description="default rules")
             builder.put_bytes(RULES_FILE, DEFAULT_RULES_YAML.encode())
             builder.finish()
