@@ -328,7 +328,6 @@ class SmtpChannel(Channel):
         return ssl.create_default_context(cafile=self.ca_file)
 
     def send(self, n: AlarmNotification) -> str:
-
         msg = build_email(n, sender=self.sender, recipients=self.recipients)
         with self._lock:
             try:
@@ -340,7 +339,7 @@ class SmtpChannel(Channel):
                     refused = client.send_message(msg, from_addr=self.sender, to_addrs=self.recipients)
                 self._used_at = time.monotonic()
             except BaseException as exc:
-                self.close()  # never reuse a connection in an unknown state
+                self._drop()  # never reuse a connection in an unknown state
                 raise _smtp_delivery_error(exc, self.host, self.port) from None
         if refused:
             log.warning("SMTP refused some recipients: %s", sorted(refused))
@@ -358,7 +357,7 @@ class SmtpChannel(Channel):
                         return client
                 except (smtplib.SMTPException, OSError):
                     pass  # the server closed it: connect again
-            self.close()
+            self._drop()
         if self.security == "tls":
             client = smtplib.SMTP_SSL(self.host, self.port, timeout=self.timeout, context=self._context())
         else:
@@ -376,11 +375,17 @@ class SmtpChannel(Channel):
         return client
 
     def close(self) -> None:
-        """QUIT and drop the kept connection (the next send connects again)."""
-        client, self._client = self._client, None
+        """QUIT and close the kept connection (the next send connects again)."""
+        client = self._client
         if client is not None:
             with contextlib.suppress(Exception):
                 client.quit()
+        self._drop()
+
+    def _drop(self) -> None:
+        """Close the kept connection without a word: after an error a QUIT could wait out the timeout."""
+        client, self._client = self._client, None
+        if client is not None:
             with contextlib.suppress(Exception):
                 client.close()
 
