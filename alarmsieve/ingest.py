@@ -3,7 +3,8 @@
 ``s3://bucket/incoming/cam-7/0001.jpg`` becomes ``images@master:/cam-7/0001.jpg``. Each pass lists
 the prefix and commits, in one atomic commit, every object whose path is not yet in the repo with the
 same content (the object's sha256 decides, so a re-upload of a changed image is a new version and a
-repeated pass commits nothing). Keys that are not ``<camera>/<file>`` are skipped with a reason.
+repeated pass commits nothing). Keys that are not ``<camera>/<file>`` are skipped with a reason. A watcher
+keeps an :class:`IngestMemo` across passes, so an object whose ETag and size did not move is not downloaded again.
 
 A folder works the same way (``incoming/cam-7/0001.jpg``), with what an upload folder needs: a file
 is taken only once it has not changed for ``settle_s`` seconds (an FTP upload in progress grows), and
@@ -43,6 +44,25 @@ class IngestResult:
     removed: int = 0  # folder files deleted because a commit holds them (remove=True)
 
 
+class IngestMemo:
+    """What one watcher already read: source (file or object key) -> (fingerprint, sha256).
+
+    The fingerprint is what the source says without being read (a file's size and mtime, an object's
+    ETag and size); while it is unchanged the content is taken to be too, as rsync does, and the file
+    or object is not read again. A new watcher starts empty and reads each source once.
+    """
+
+    def __init__(self) -> None:
+        self._seen: dict[str, tuple[tuple[Any, ...], str]] = {}
+
+    def sha256(self, source: str, fingerprint: tuple[Any, ...]) -> str | None:
+        known = self._seen.get(source)
+        return known[1] if known is not None and known[0] == fingerprint else None
+
+    def remember(self, source: str, fingerprint: tuple[Any, ...], sha256: str) -> None:
+        self._seen[source] = (fingerprint, sha256)
+
+
 def _client(endpoint_url: str | None) -> Any:
     try:
         import boto3
@@ -51,16 +71,27 @@ def _client(endpoint_url: str | None) -> Any:
     return boto3.client("s3", endpoint_url=endpoint_url or os.environ.get("ALARMSIEVE_S3_ENDPOINT_URL") or None)
 
 
-def ingest_prefix(pfs: Pfs, source: str, *, repo: str = "images", endpoint_url: str | None = None) -> IngestResult:
+def ingest_prefix(
+    pfs: Pfs,
+    source: str,
+    *,
+    repo: str = "images",
+    endpoint_url: str | None = None,
+    memo: IngestMemo | None = None,
+    client: Any = None,
+) -> IngestResult:
+    """One pass over an S3 prefix; with the same ``memo`` across passes an object is downloaded only
+    when its ETag or size moved (a watch pass over an unchanged bucket lists it and reads nothing)."""
     parsed = urlparse(source)
     if parsed.scheme != "s3" or not parsed.netloc:
         raise IngestError(f"{source!r}: give the bucket prefix as s3://BUCKET/PREFIX")
     bucket, prefix = parsed.netloc, parsed.path.lstrip("/")
     if prefix and not prefix.endswith("/"):
         prefix += "/"
-    client = _client(endpoint_url)
+    client = client if client is not None else _client(endpoint_url)
+    memo = memo if memo is not None else IngestMemo()
     result = IngestResult()
-    candidates: dict[str, str] = {}
+    candidates: dict[str, tuple[str, tuple[Any, ...]]] = {}  # path in repo -> (key, fingerprint)
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         for item in page.get("Contents", []):
             key = item["Key"]
@@ -71,17 +102,23 @@ def ingest_prefix(pfs: Pfs, source: str, *, repo: str = "images", endpoint_url: 
                 result.skipped.append((key, "not under a camera folder: upload as PREFIX/<camera>/<file>"))
                 continue
             try:
-                candidates[normalize_path(rel)] = key
+                candidates[normalize_path(rel)] = (key, (item.get("ETag"), item.get("Size")))
             except PathError as exc:
                 result.skipped.append((key, str(exc)))
     if not candidates:
         return result
     existing = pfs.lookup(repo, "master", candidates) if pfs.head(repo) else {}
     builder = pfs.start_commit(repo, description=f"ingest {source}")
-    for path, key in sorted(candidates.items()):
-        body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+    for path, (key, fingerprint) in sorted(candidates.items()):
         current = existing.get(path)
-        if current is not None and current.sha256 == hashlib.sha256(body).hexdigest():
+        source_id = f"s3://{bucket}/{key}"
+        if current is not None and memo.sha256(source_id, fingerprint) == current.sha256:
+            result.unchanged += 1  # known object, same ETag and size: not downloaded again
+            continue
+        body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        sha256 = hashlib.sha256(body).hexdigest()
+        memo.remember(source_id, fingerprint, sha256)
+        if current is not None and current.sha256 == sha256:
             result.unchanged += 1
             continue
         builder.put_bytes(path, body)
@@ -108,13 +145,6 @@ class _Hashed:
     sha256: str
 
 
-class FolderMemo:
-    """What one watcher already hashed (path -> size, mtime, sha256): an unchanged file is not read again."""
-
-    def __init__(self) -> None:
-        self.files: dict[Path, _Hashed] = {}
-
-
 def ingest_folder(
     pfs: Pfs,
     folder: Path,
@@ -122,7 +152,7 @@ def ingest_folder(
     repo: str | None = None,
     settle_s: float = 2.0,
     remove: bool = False,
-    memo: FolderMemo | None = None,
+    memo: IngestMemo | None = None,
     now: float | None = None,
 ) -> IngestResult:
     """One pass over ``folder``: commit every settled ``<camera>/<file>`` that is new or changed.
@@ -136,7 +166,7 @@ def ingest_folder(
             f"{folder}: no such folder; give the folder cameras upload to, holding <camera>/<file> "
             "(e.g. incoming/cam-1/0001.jpg)"
         )
-    memo = memo if memo is not None else FolderMemo()
+    memo = memo if memo is not None else IngestMemo()
     now = time.time() if now is None else now
     result = IngestResult()
     wanted: dict[str, dict[str, tuple[Path, _Hashed]]] = {}  # repo -> path in repo -> (file, what it held)
@@ -202,15 +232,15 @@ def _folder_files(folder: Path) -> list[tuple[Path, str]]:
     return found
 
 
-def _hash(pfs: Pfs, local: Path, info: os.stat_result, memo: FolderMemo) -> _Hashed:
+def _hash(pfs: Pfs, local: Path, info: os.stat_result, memo: IngestMemo) -> _Hashed:
     """The file's content in the object store and its sha256; read only when size or mtime moved."""
-    known = memo.files.get(local)
-    same = known is not None and (known.size, known.mtime_ns) == (info.st_size, info.st_mtime_ns)
-    if same and known is not None and pfs.objects.exists(known.sha256):
-        return known
+    fingerprint = (info.st_size, info.st_mtime_ns)
+    known = memo.sha256(str(local), fingerprint)
+    if known is not None and pfs.objects.exists(known):
+        return _Hashed(info.st_size, info.st_mtime_ns, known)
     sha256, size = pfs.objects.put_path(local)  # hashes first, writes only a new object
-    memo.files[local] = hashed = _Hashed(size, info.st_mtime_ns, sha256)
-    return hashed
+    memo.remember(str(local), fingerprint, sha256)
+    return _Hashed(size, info.st_mtime_ns, sha256)
 
 
 def _remove_if_unchanged(local: Path, hashed: _Hashed) -> int:

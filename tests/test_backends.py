@@ -164,6 +164,34 @@ def test_ingest_commits_what_cameras_upload_to_a_bucket(s3_env: str, tmp_path: P
     assert bad.returncode == 2 and b"s3://BUCKET/PREFIX" in bad.stderr
 
 
+def test_watching_a_bucket_reads_only_objects_whose_etag_moved(s3_env: str, tmp_path: Path, shared_dir: Path) -> None:
+    import boto3
+
+    from alarmsieve.ingest import IngestMemo, ingest_prefix
+
+    client = boto3.client("s3", endpoint_url=os.environ["ALARMSIEVE_S3_ENDPOINT_URL"])
+    downloads: list[str] = []
+    client.meta.events.register("before-parameter-build.s3.GetObject", lambda params, **_: downloads.append(params["Key"]))
+    photos = shared_dir / "images" / "coral"
+    client.put_object(Bucket=s3_env, Key="in/cam-1/a.jpg", Body=(photos / "owl.jpg").read_bytes())
+    client.put_object(Bucket=s3_env, Key="in/cam-1/b.jpg", Body=(photos / "parrot.jpg").read_bytes())
+    ws = Workspace(Settings(home=tmp_path / "ws"), must_exist=False)
+    ws.pfs.create_repo("images")
+    memo = IngestMemo()
+    first = ingest_prefix(ws.pfs, f"s3://{s3_env}/in", memo=memo, client=client)
+    assert (len(first.added), sorted(downloads)) == (2, ["in/cam-1/a.jpg", "in/cam-1/b.jpg"])
+    downloads.clear()
+    again = ingest_prefix(ws.pfs, f"s3://{s3_env}/in", memo=memo, client=client)
+    assert (again.unchanged, again.commits, downloads) == (2, {}, [])  # listed, nothing read
+    client.put_object(Bucket=s3_env, Key="in/cam-1/b.jpg", Body=(photos / "pets.jpg").read_bytes())
+    changed = ingest_prefix(ws.pfs, f"s3://{s3_env}/in", memo=memo, client=client)
+    assert (changed.added, changed.unchanged, downloads) == (["/cam-1/b.jpg"], 1, ["in/cam-1/b.jpg"])
+    assert ws.pfs.get_file("images", "master", "/cam-1/b.jpg") == (photos / "pets.jpg").read_bytes()
+    downloads.clear()
+    fresh = ingest_prefix(ws.pfs, f"s3://{s3_env}/in", memo=IngestMemo(), client=client)
+    assert (fresh.unchanged, len(downloads)) == (2, 2)  # a new watcher reads each object once
+
+
 def test_put_file_reads_objects_and_prefixes_from_s3(s3_env: str, tmp_path: Path) -> None:
     import boto3
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from alarmsieve.config import Settings
-from alarmsieve.ingest import FolderMemo, IngestError, ingest_folder, repo_for
+from alarmsieve.ingest import IngestError, IngestMemo, ingest_folder, repo_for
 from alarmsieve.workspace import Workspace
 from tests.conftest import run_cli
 
@@ -66,7 +66,7 @@ def test_repeated_passes_commit_only_what_changed_and_the_memo_spares_the_reads(
     incoming = tmp_path / "incoming"
     first = _drop(incoming, "cam-1/a.jpg", (photos / "coral" / "owl.jpg").read_bytes())
     _drop(incoming, "cam-1/b.png", (photos / "skimage" / "astronaut.png").read_bytes())
-    memo = FolderMemo()
+    memo = IngestMemo()
     assert ingest_folder(ws.pfs, incoming, memo=memo).added == ["/cam-1/a.jpg", "/cam-1/b.png"]
 
     again = ingest_folder(ws.pfs, incoming, memo=memo)
@@ -77,7 +77,7 @@ def test_repeated_passes_commit_only_what_changed_and_the_memo_spares_the_reads(
     first.write_bytes(bytes(255 - b for b in body))
     os.utime(first, (OLD, OLD))
     assert ingest_folder(ws.pfs, incoming, memo=memo).unchanged == 2
-    assert ingest_folder(ws.pfs, incoming, memo=FolderMemo()).added == ["/cam-1/a.jpg"]
+    assert ingest_folder(ws.pfs, incoming, memo=IngestMemo()).added == ["/cam-1/a.jpg"]
 
     _drop(incoming, "cam-1/a.jpg", (photos / "coral" / "parrot.jpg").read_bytes(), mtime=OLD + 5)
     changed = ingest_folder(ws.pfs, incoming, memo=memo)

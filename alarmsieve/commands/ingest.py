@@ -28,7 +28,7 @@ def ingest(
     ] = False,
 ) -> None:
     """Commit new or changed alarms uploaded to an S3 prefix or a folder (one atomic commit per repo and pass)."""
-    from alarmsieve.ingest import FolderMemo, IngestResult, ingest_folder, ingest_prefix
+    from alarmsieve.ingest import IngestMemo, IngestResult, ingest_folder, ingest_prefix
 
     from_s3 = source.startswith("s3://")
     if "://" in source and not from_s3:
@@ -38,11 +38,11 @@ def ingest(
     if settle < 0 or interval <= 0:
         fail("--settle must be >= 0 and --interval > 0 (seconds)", 2)
     ws = workspace()
-    memo = FolderMemo()
+    memo = IngestMemo()  # across --watch passes: what is unchanged is not read again
     while True:
         result: IngestResult
         if from_s3:
-            result = ingest_prefix(ws.pfs, source, repo=repo or "images")
+            result = ingest_prefix(ws.pfs, source, repo=repo or "images", memo=memo)
         else:
             result = ingest_folder(ws.pfs, Path(source), repo=repo, settle_s=settle, remove=remove, memo=memo)
         for key, reason in result.skipped:
