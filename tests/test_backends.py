@@ -171,7 +171,9 @@ def test_watching_a_bucket_reads_only_objects_whose_etag_moved(s3_env: str, tmp_
 
     client = boto3.client("s3", endpoint_url=os.environ["ALARMSIEVE_S3_ENDPOINT_URL"])
     downloads: list[str] = []
-    client.meta.events.register("before-parameter-build.s3.GetObject", lambda params, **_: downloads.append(params["Key"]))
+    client.meta.events.register(
+        "before-parameter-build.s3.GetObject", lambda params, **_: downloads.append(params["Key"])
+    )
     photos = shared_dir / "images" / "coral"
     client.put_object(Bucket=s3_env, Key="in/cam-1/a.jpg", Body=(photos / "owl.jpg").read_bytes())
     client.put_object(Bucket=s3_env, Key="in/cam-1/b.jpg", Body=(photos / "parrot.jpg").read_bytes())

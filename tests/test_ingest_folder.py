@@ -157,6 +157,8 @@ def test_cli_ingest_folder_then_run_gives_a_verdict(tmp_path: Path, shared_dir: 
         (["ingest", "ftp://host/x"], b"s3://BUCKET/PREFIX or a local folder"),
         (["ingest", "s3://bucket/x", "--remove"], b"--remove is for a folder"),
         (["ingest", str(tmp_path / "missing")], b"no such folder"),
+        (["ingest", str(incoming), "--settle", "-1"], b"--settle must be >= 0"),
+        (["ingest", str(incoming), "--repo", "nope"], b"repo 'nope' not found"),
     ):
         out = run_cli(*bad, home=home, env=env)
         assert out.returncode in (1, 2) and why in out.stderr, out.stderr.decode()

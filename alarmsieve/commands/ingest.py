@@ -38,6 +38,8 @@ def ingest(
     if settle < 0 or interval <= 0:
         fail("--settle must be >= 0 and --interval > 0 (seconds)", 2)
     ws = workspace()
+    if repo is not None and not ws.pfs.repo_exists(repo):
+        fail(f"repo {repo!r} not found; create it with `alarmsieve create repo {repo}` or leave --repo out")
     memo = IngestMemo()  # across --watch passes: what is unchanged is not read again
     while True:
         result: IngestResult
