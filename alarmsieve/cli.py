@@ -10,6 +10,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -626,17 +627,28 @@ def serve(
     http: Annotated[bool, typer.Option("--http", help="also serve the HTTP API, dashboard and /metrics")] = False,
     host: Annotated[str, typer.Option(help="address the HTTP server listens on (with --http)")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port of the HTTP server (with --http; 0: any free port)")] = 8080,
+    ingest: Annotated[
+        Path | None,
+        typer.Option(help="also commit what cameras upload to this folder (<camera>/<file>), as `ingest --watch`"),
+    ] = None,
+    ingest_remove: Annotated[
+        bool, typer.Option("--ingest-remove", help="with --ingest: delete each file once a commit holds it")
+    ] = False,
 ) -> None:
     """Stay up and process new commits as they land (Ctrl-C to stop); --http also serves the API."""
     ws = workspace()
+    folder_pass = _folder_pass(ws, ingest, ingest_remove) if ingest is not None else None
     if http:
         if once:
             fail("--once and --http do not go together: the HTTP server stays up until Ctrl-C", 2)
-        return _serve_http(ws, interval, host, port)
-    console.print(f"serving {ws.home}; watching for new commits every {interval}s")
+        return _serve_http(ws, interval, host, port, folder_pass)
+    also = f" and {ingest} for uploads" if ingest is not None else ""
+    console.print(f"serving {ws.home}; watching for new commits{also} every {interval}s", highlight=False)
     with ws.runner(wait=False) as runner:
         try:
             while True:
+                if folder_pass is not None:
+                    folder_pass()
                 for job in runner.run_until_idle():
                     console.print(f"{job.pipeline} job {job.id}: {job.state} ({job.processed} processed)")
                 end_quiet_incidents(ws)
@@ -645,6 +657,32 @@ def serve(
                 time.sleep(interval)
         except KeyboardInterrupt:
             console.print("stopped")
+
+
+def _folder_pass(ws: Any, folder: Path, remove: bool) -> Callable[[], None]:
+    """One pass over a watched upload folder per serve round; a bad pass is said and serving goes on."""
+    from alarmsieve.errors import AlarmsieveError
+    from alarmsieve.ingest import IngestMemo, ingest_folder
+
+    if not folder.is_dir():
+        fail(f"--ingest {folder}: no such folder; give the folder cameras upload to (<camera>/<file>)")
+    memo = IngestMemo()
+    reported: set[str] = set()
+
+    def one_pass() -> None:
+        try:
+            result = ingest_folder(ws.pfs, folder, remove=remove, memo=memo)
+        except (AlarmsieveError, OSError) as exc:
+            console.print(f"[yellow]ingest {folder}: {exc}[/yellow]", highlight=False)
+            return
+        for key, reason in result.skipped:
+            if key not in reported:  # a stray file is said once, not every round
+                reported.add(key)
+                err_console.print(f"skipped {key}: {reason}", highlight=False)
+        for target, commit in result.commits.items():
+            console.print(f"ingested {result.added_to[target]} file(s) from {folder}: {target}@{commit}")
+
+    return one_pass
 
 
 def end_quiet_incidents(ws: Any) -> None:
@@ -660,7 +698,7 @@ def end_quiet_incidents(ws: Any) -> None:
         console.print(f"[yellow]incident ends not published: {exc}[/yellow]")
 
 
-def _serve_http(ws: Any, interval: float, host: str, port: int) -> None:
+def _serve_http(ws: Any, interval: float, host: str, port: int, folder_pass: Callable[[], None] | None = None) -> None:
     """uvicorn in this thread (it handles Ctrl-C); the runner loop in a background thread."""
     import uvicorn
 
@@ -671,7 +709,7 @@ def _serve_http(ws: Any, interval: float, host: str, port: int) -> None:
         sock = bind_socket(host, port)
     except OSError as exc:
         fail(f"cannot listen on {host}:{port} ({exc.strerror}); choose another --port or stop what uses it")
-    loop = PipelineLoop(ws, interval=interval)
+    loop = PipelineLoop(ws, interval=interval, before_round=folder_pass)
     app_ = create_app(ws, loop=loop)
     loop.start(
         report=lambda job: console.print(f"{job.pipeline} job {job.id}: {job.state} ({job.processed} processed)")

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -162,3 +163,36 @@ def test_cli_ingest_folder_then_run_gives_a_verdict(tmp_path: Path, shared_dir: 
     ):
         out = run_cli(*bad, home=home, env=env)
         assert out.returncode in (1, 2) and why in out.stderr, out.stderr.decode()
+
+
+def test_serve_once_with_ingest_commits_the_uploads_and_judges_them(
+    tmp_path: Path, shared_dir: Path, model_dir: Path
+) -> None:
+    home = tmp_path / "ws"
+    env = {"ALARMSIEVE_MODEL_DIR": str(model_dir)}
+    assert run_cli("init", home=home, env=env).returncode == 0
+    incoming = tmp_path / "incoming"
+    upload = _drop(incoming, "cam-3/0001.bmp", (shared_dir / "images" / "coral" / "grace_hopper.bmp").read_bytes())
+    served = run_cli("serve", "--once", "--ingest", str(incoming), "--ingest-remove", home=home, env=env)
+    assert served.returncode == 0, served.stderr.decode()
+    assert b"ingested 1 file(s) from" in served.stdout and not upload.exists()
+    verdicts = run_cli("verdicts", "--json", home=home, env=env)
+    [verdict] = [json.loads(line) for line in verdicts.stdout.splitlines()]
+    assert (verdict["input_path"], verdict["verdict"]) == ("/cam-3/0001.bmp", "alert")
+    missing = run_cli("serve", "--once", "--ingest", str(tmp_path / "nope"), home=home, env=env)
+    assert missing.returncode == 1 and b"no such folder" in missing.stderr
+
+
+def test_the_http_servers_pipeline_loop_runs_the_folder_pass_before_each_round(
+    make_workspace: Callable[..., Workspace], tmp_path: Path, shared_dir: Path
+) -> None:
+    from alarmsieve.api.server import PipelineLoop
+
+    ws = make_workspace()
+    incoming = tmp_path / "incoming"
+    _drop(incoming, "cam-4/0001.jpg", (shared_dir / "images" / "coral" / "owl.jpg").read_bytes())
+    passes: list[list[str]] = []
+    loop = PipelineLoop(ws, niceness=0, before_round=lambda: passes.append(ingest_folder(ws.pfs, incoming).added))
+    loop.run(once=True)
+    assert passes == [["/cam-4/0001.jpg"]]
+    assert "/cam-4/0001.jpg/verdict.json" in {info.path for info in ws.pfs.walk("assess")}

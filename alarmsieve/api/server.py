@@ -53,9 +53,11 @@ class PipelineLoop:
         interval: float = 1.0,
         on_job: Callable[[JobInfo], None] | None = None,
         niceness: int = 5,
+        before_round: Callable[[], None] | None = None,
     ) -> None:
         self.ws = ws
         self.interval = interval
+        self.before_round = before_round  # e.g. a pass over a watched upload folder (`serve --ingest`)
         self.niceness = niceness
         self.on_job = on_job
         self.generation = 0
@@ -115,6 +117,8 @@ class PipelineLoop:
             try:
                 while not self._stop.is_set():
                     self._wake.clear()
+                    if self.before_round is not None:
+                        self.before_round()
                     for job in runner.run_until_idle():
                         if report:
                             report(job)
