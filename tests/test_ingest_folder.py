@@ -16,7 +16,7 @@ from alarmsieve.ingest import IngestError, IngestMemo, ingest_folder, repo_for
 from alarmsieve.workspace import Workspace
 from tests.conftest import run_cli
 
-OLD = time.time() - 60  # an mtime well past the settle time: the upload is complete
+OLD = time.time() - 120  # an mtime well past the settle times used here: the upload is complete
 
 
 def _drop(folder: Path, rel: str, body: bytes, *, mtime: float | None = OLD) -> Path:
@@ -48,7 +48,7 @@ def test_a_pass_commits_settled_uploads_by_kind_and_says_what_it_left(
     _drop(incoming, "cam-1/.in.0003.jpg.", photo)  # an FTP server's temporary name
     _drop(incoming, "cam-1/0004.jpg", photo[:1000], mtime=None)  # still growing: written just now
 
-    result = ingest_folder(ws.pfs, incoming, settle_s=2.0)
+    result = ingest_folder(ws.pfs, incoming, settle_s=30.0)
 
     assert sorted(result.commits) == ["images", "videos"]
     assert result.added_to == {"images": 1, "videos": 1}
@@ -92,12 +92,12 @@ def test_remove_deletes_only_what_a_commit_holds(ws: Workspace, tmp_path: Path, 
     incoming = tmp_path / "incoming"
     taken = _drop(incoming, "cam-1/a.jpg", photo)
     growing = _drop(incoming, "cam-1/b.jpg", photo[:500], mtime=None)
-    result = ingest_folder(ws.pfs, incoming, remove=True)
+    result = ingest_folder(ws.pfs, incoming, remove=True, settle_s=30.0)
     assert (result.added, result.removed, result.waiting) == (["/cam-1/a.jpg"], 1, 1)
     assert not taken.exists() and growing.exists()
     # a file already in the repo with the same content is removed too (a crash after the commit, before the delete)
     again = _drop(incoming, "cam-1/a.jpg", photo)
-    result = ingest_folder(ws.pfs, incoming, remove=True)
+    result = ingest_folder(ws.pfs, incoming, remove=True, settle_s=30.0)
     assert (result.commits, result.unchanged, result.removed) == ({}, 1, 1)
     assert not again.exists()
 

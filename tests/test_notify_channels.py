@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import select
 import ssl
 import time
 from pathlib import Path
@@ -123,7 +124,11 @@ def test_smtp_keeps_one_connection_and_reconnects_after_the_server_hangs_up(ledg
         for key in ("a", "b", "c"):
             assert ledger.deliver_once(channel, notification(key=key)).state == "sent"
         assert len(set(server.peers)) == 1  # three messages, one connection
-        time.sleep(1.0)  # the server drops the idle connection; the channel notices (NOOP) and connects again
+        # The server drops the idle connection (a 421 and EOF); the channel notices (NOOP) and connects again.
+        kept = channel._client.sock
+        deadline = time.monotonic() + 30
+        while not select.select([kept], [], [], 0.1)[0]:
+            assert time.monotonic() < deadline, "the server never dropped the idle connection"
         out = ledger.deliver_once(channel, notification(key="d"))
         channel.close()
     assert (out.state, out.attempts) == ("sent", 1)
