@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import io
 import json
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -165,6 +166,13 @@ def test_post_then_long_poll_returns_the_verdict(api: Api, shared_dir: Path) -> 
         assert 'alarmsieve_verdicts_total{camera="cam-1",verdict="alert"} 1.0' in metrics
         assert "alarmsieve_detector_latency_seconds_count 1.0" in metrics
         assert 'alarmsieve_end_to_end_latency_seconds_count{until="verdict"} 1.0' in metrics
+        # the alert's notification: the notify job may still be running, so wait for it (not a timing check)
+        delivered = 'alarmsieve_notification_delivery_seconds_count{channel="outbox"} 1.0'
+        deadline = time.monotonic() + 120
+        while delivered not in metrics and time.monotonic() < deadline:
+            time.sleep(0.2)
+            metrics = op.get("/metrics").text
+        assert delivered in metrics
         assert 'alarmsieve_datum_queue_depth{pipeline="detect"} 0.0' in metrics
         assert "alarmsieve_worker_restarts" in metrics
 

@@ -3,7 +3,9 @@
 Counters count from the start of the server process (Prometheus' convention): :class:`Observer`
 starts at the current heads of the stage repos and, after each job (and at each scrape), reads only
 what the pipeline committed since, by ``pfs.diff``. End-to-end latency is measured for the alarms this
-server received: received → verdict committed, received → notification committed.
+server received: received → verdict committed, received → notification committed. Delivery time is
+read from the notification ledger for every notification sent since the server started, whatever
+brought its alarm in: recorded pending → accepted by the provider, retries and backoff included.
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ from datetime import datetime
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from alarmsieve.api.tables import ApiAlarm
+from alarmsieve.notify.ledger import NotificationRecord
 from alarmsieve.pfs.api import Pfs
 from alarmsieve.pfs.db import get_engine
 from alarmsieve.stages.records import (
@@ -31,6 +34,7 @@ from alarmsieve.stages.records import (
     VERDICT_FILE,
 )
 
+DELIVERY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 LATENCY_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0)
 DETECTOR_BUCKETS = (0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0)
 # (repo, the file that marks one alarm done in it): a pipeline's queue = its input's alarms − its output's
@@ -79,6 +83,14 @@ class Metrics:
             registry=r,
         )
 
+        self.delivery = Histogram(
+            "alarmsieve_notification_delivery_seconds",
+            "Notification recorded pending → accepted by the provider (retries and backoff included), by channel",
+            ["channel"],
+            buckets=DELIVERY_BUCKETS,
+            registry=r,
+        )
+
     def add_collector(self, collector: Collector) -> None:
         self.registry.register(collector)
 
@@ -98,6 +110,8 @@ class Observer:
         for repo in ("detect", "assess", "notify"):
             head = pfs.head(repo) if pfs.repo_exists(repo) else None
             self._seen[repo] = head.id if head else None
+        with Session(self.engine) as s:  # deliveries before this server started are not counted
+            self._sent_since: datetime | None = s.scalar(select(func.max(NotificationRecord.sent_at)))
 
     def _new_files(self, repo: str, marker: str) -> list[tuple[str, bytes, datetime]]:
         if not self.pfs.repo_exists(repo):
@@ -139,6 +153,7 @@ class Observer:
                 self.metrics.verdicts.labels(record.get("verdict", "?"), record.get("camera", "?")).inc()
                 if alarm in received:
                     self.metrics.end_to_end.labels("verdict").observe(max((at - received[alarm]).total_seconds(), 0))
+            self._deliveries()
             notes = self._new_files("notify", NOTIFICATION_FILE)
             received = self._received(a for a, _, _ in notes)
             for alarm, body, at in notes:
@@ -148,6 +163,19 @@ class Observer:
                     self.metrics.end_to_end.labels("notification").observe(
                         max((at - received[alarm]).total_seconds(), 0)
                     )
+
+    def _deliveries(self) -> None:
+        """Delivery time of each notification the ledger marked sent since the last look."""
+        query = select(NotificationRecord.channel, NotificationRecord.created_at, NotificationRecord.sent_at).where(
+            NotificationRecord.sent_at.is_not(None)
+        )
+        if self._sent_since is not None:
+            query = query.where(NotificationRecord.sent_at > self._sent_since)
+        with Session(self.engine) as s:
+            rows = list(s.execute(query.order_by(NotificationRecord.sent_at)))
+        for channel, created_at, sent_at in rows:
+            self.metrics.delivery.labels(channel).observe(max((sent_at - created_at).total_seconds(), 0))
+            self._sent_since = sent_at
 
 
 def count_alarms(pfs: Pfs, repo: str, marker: str | None) -> int:
