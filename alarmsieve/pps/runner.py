@@ -415,13 +415,9 @@ class Runner:
         commit_ids = {k: c.id for k, c in commits.items()}
         job_id = self._new_job(name, version, commit_ids)
         logs = _JobLog(self.pfs, name, job_id)
-        started = time.perf_counter()
-        present, gone, processed, full_plan = self._plan(name, spec, salt, commit_ids, last_inputs)
-        if spec.reprocess_spec == "every_job":  # Pachyderm: every datum runs in every job
-            to_run = list(present.values())
-        else:
-            to_run = [d for d in present.values() if _needs_run(d, processed.get(d.id))]
-        plan_seconds = time.perf_counter() - started
+        present, gone, processed, full_plan, to_run, plan_seconds = self._plan_job(
+            name, spec, salt, commit_ids, last_inputs
+        )
         logs.add(
             f"job started: {len(to_run)} datums to process, {len(present) - len(to_run)} unchanged in this plan, "
             f"{len(gone)} removed (planned in {plan_seconds * 1000:.1f} ms)"
@@ -488,6 +484,23 @@ class Runner:
             logs,
             full_plan,
         )
+
+    def _plan_job(
+        self,
+        name: str,
+        spec: PipelineSpec,
+        salt: str,
+        commit_ids: dict[str, str],
+        last_inputs: dict[str, str] | None,
+    ) -> tuple[dict[str, Datum], set[str], dict[str, _Processed], bool, list[Datum], float]:
+        """:meth:`_plan` plus the datums this job runs and how long planning took."""
+        started = time.perf_counter()
+        present, gone, processed, full_plan = self._plan(name, spec, salt, commit_ids, last_inputs)
+        if spec.reprocess_spec == "every_job":  # Pachyderm: every datum runs in every job
+            to_run = list(present.values())
+        else:
+            to_run = [d for d in present.values() if _needs_run(d, processed.get(d.id))]
+        return present, gone, processed, full_plan, to_run, time.perf_counter() - started
 
     def _plan(
         self,
@@ -787,13 +800,9 @@ class Runner:
                 .limit(1)
             )
             if running is None and latest == last_id:
-                started = time.perf_counter()
-                present, gone, processed, full_plan = self._plan(name, spec, salt, commit_ids, last_inputs)
-                if spec.reprocess_spec == "every_job":
-                    to_run = list(present.values())
-                else:
-                    to_run = [d for d in present.values() if _needs_run(d, processed.get(d.id))]
-                plan_seconds = time.perf_counter() - started
+                present, gone, _processed, full_plan, to_run, plan_seconds = self._plan_job(
+                    name, spec, salt, commit_ids, last_inputs
+                )
                 plan = {
                     "full": full_plan,
                     "times": {k: c.finished_at.isoformat() for k, c in commits.items()},
