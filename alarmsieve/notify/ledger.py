@@ -99,6 +99,7 @@ class NotificationRecord(Base):
         CheckConstraint("state IN ('pending', 'sent', 'failed')", name="state"),
         Index("ix_notifications_recipient_created_at", "recipient", "created_at"),
         Index("ix_notifications_state", "state"),
+        Index("ix_notifications_sent_at", "sent_at"),  # /metrics reads the deliveries since its last look
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

@@ -384,16 +384,7 @@ class Runner:
         """A job row in state ``running``; returns its id."""
         job_id = uuid.uuid4().hex
         with self.pfs.session() as s, s.begin():
-            s.add(
-                JobRow(
-                    id=job_id,
-                    pipeline=name,
-                    version=version,
-                    state="running",
-                    input_commits=json.dumps(commit_ids),
-                    created_at=_now(),
-                )
-            )
+            s.add(_running_job_row(job_id, name, version, commit_ids))
         return job_id
 
     def _error_job(self, name: str, version: int, commit_ids: dict[str, str], reason: str) -> JobInfo:
@@ -809,13 +800,11 @@ class Runner:
                     "gone": sorted(gone),
                 }
                 s.add(
-                    JobRow(
-                        id=job_id,
-                        pipeline=name,
-                        version=version,
-                        state="running",
-                        input_commits=json.dumps(commit_ids),
-                        created_at=_now(),
+                    _running_job_row(
+                        job_id,
+                        name,
+                        version,
+                        commit_ids,
                         to_run=len(to_run),
                         plan_seconds=plan_seconds,
                         shared_plan=json.dumps(plan),
@@ -1116,6 +1105,19 @@ class _LeaseKeeper:
                     )
             except Exception as exc:  # the catalog is unreachable: the leases lapse and others take over
                 log.warning("runner %s could not renew its leases: %s", self.runner_id, exc)
+
+
+def _running_job_row(job_id: str, name: str, version: int, commit_ids: dict[str, str], **extra: Any) -> JobRow:
+    """A new job's row, state ``running``; ``extra``: columns known already (a shared job's plan)."""
+    return JobRow(
+        id=job_id,
+        pipeline=name,
+        version=version,
+        state="running",
+        input_commits=json.dumps(commit_ids),
+        created_at=_now(),
+        **extra,
+    )
 
 
 def _needs_run(datum: Datum, old: _Processed | None) -> bool:
