@@ -101,7 +101,7 @@ class DetectStage(Stage):
         self.detector = create_detector(
             "onnx",
             model=model,
-            score_threshold=opts.score_threshold,
+            score_floor=opts.score_threshold,  # interim: raw candidates + report threshold come next
             nms_iou=opts.nms_iou,
             threads=opts.threads,
             providers=providers,
