@@ -120,7 +120,7 @@ def prepare(image_bgr: np.ndarray, size: int, spec: Preprocess) -> tuple[np.ndar
         placement = Placement(size / w, size / h)
     else:
         r = min(size / h, size / w)
-        nw, nh = max(1, int(w * r)), max(1, int(h * r))
+        nw, nh = max(1, round(w * r)), max(1, round(h * r))  # round: int() can lose a row
         left, top = ((size - nw) // 2, (size - nh) // 2) if spec.resize == "letterbox_centre" else (0, 0)
         canvas = np.full((size, size, 3), spec.pad, dtype=np.uint8)
         canvas[top : top + nh, left : left + nw] = cv2.resize(image_bgr, (nw, nh), interpolation=cv2.INTER_LINEAR)
