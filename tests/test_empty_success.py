@@ -132,6 +132,10 @@ def test_symlinks_that_point_elsewhere_fail_the_datum_with_the_fix(
     create_pipeline(ws, shell("outside", ['ln -s /etc/passwd "$PFS_ROOT/out/x"']))
     create_pipeline(ws, shell("dangling", ['ln -s "$PFS_ROOT/training/missing.pb" "$PFS_ROOT/out/x"']))
     create_pipeline(ws, shell("loop", ['cd "$PFS_ROOT/out"', "ln -s b a", "ln -s a b"]))
+    labels = "$PFS_ROOT/training/labels"  # a linked folder holding a link back to itself
+    create_pipeline(
+        ws, shell("folder_loop", [f'ln -s "{labels}" "{labels}/deep/up"', f'ln -s "{labels}" "$PFS_ROOT/out/l"'])
+    )
     # a good file next to a bad link: the datum still fails (nothing half-committed)
     create_pipeline(ws, shell("mixed", ['echo ok > "$PFS_ROOT/out/ok.txt"', 'ln -s /etc "$PFS_ROOT/out/etc"']))
 
@@ -141,12 +145,14 @@ def test_symlinks_that_point_elsewhere_fail_the_datum_with_the_fix(
         "dangling": "/training/missing.pb, which does not exist (a dangling link); copy the file instead",
         "loop": "$PFS_ROOT/out/a links to b, which is a symlink loop; copy the file instead",
         "mixed": "$PFS_ROOT/out/etc links to /etc, outside the datum's inputs",
+        "folder_loop": "$PFS_ROOT/training/labels/deep/up links to ",
     }
     for name, text in expected.items():
         job = only(jobs, name)
         assert job.state == "failure" and job.failed == 1, (name, job.state, job.reason)
         (datum,) = ws.pps.list_datums(name, job.id)
         assert text in datum.reason, (name, datum.reason)
+        assert name != "folder_loop" or "which is a symlink loop" in datum.reason
         assert datum.traceback == ""  # the transform's mistake: one line, no traceback
         assert tree(ws.pfs, name) == {}
 

@@ -144,17 +144,18 @@ def _identity_text(identity: dict[str, str]) -> str:
 
 
 def _identity_change(old: dict[str, str], new: dict[str, str]) -> str:
-    """What changed between two identities, key by key (``file:/x/thumbs.py 1a2b… -> 9f8e…``)."""
+    """The entries that changed, old -> new (``file:/x/thumbs.py 1a2b3c… -> file:/x/thumbs.py 9f8e7d…``)."""
 
-    def short(value: str | None) -> str:
-        if value is None:
-            return "none"
+    def short(value: str) -> str:
         return value[:12] + "…" if len(value) == 64 and all(c in "0123456789abcdef" for c in value) else value
+
+    def text(identity: dict[str, str], keys: list[str]) -> str:
+        return ", ".join(f"{k} {short(identity[k])}" for k in keys if k in identity) or "none"
 
     if not old:
         return f"unknown -> {_identity_text(new)}"
     keys = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
-    return ", ".join(f"{k} {short(old.get(k))} -> {short(new.get(k))}" for k in keys)
+    return f"{text(old, keys)} -> {text(new, keys)}"
 
 
 def _is_builtin(spec: PipelineSpec) -> bool:
@@ -309,10 +310,10 @@ class Pps:
         recorded = self.identity_of(name, version).get(CODE_DIR_KEY)
         return Path(recorded) if recorded else None
 
-    def current_code_identity(self, name: str, version: int, spec: PipelineSpec) -> dict[str, str]:
-        """The local code files of a foreign transform as they are now on disk ({} for a built-in stage)."""
+    def current_code_identity(self, name: str, version: int, spec: PipelineSpec) -> dict[str, str] | None:
+        """The local code files of a foreign transform as they are now on disk (None for a built-in stage)."""
         if _is_builtin(spec):
-            return {}
+            return None
         base = self.code_dir(name, version)
         code = code_identity(spec.transform.cmd, spec.transform.stdin, base)
         if base is not None:

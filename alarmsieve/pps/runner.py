@@ -338,10 +338,11 @@ class Runner:
         commit_ids = {k: c.id for k, c in commits.items()}
         # A local transform's scripts are part of its version: looked at again whenever a job is planned.
         code = self.pps.current_code_identity(name, version, spec)
-        version, what = self.pps.record_code_identity(name, version, code)
-        if what != "unchanged":
-            log.info("pipeline %s: %s (version %d)", name, what, version)
-            spec, version, salt, state = self.pps.get_spec(name, version)
+        if code is not None:
+            version, what = self.pps.record_code_identity(name, version, code)
+            if what != "unchanged":
+                log.info("pipeline %s: %s (version %d)", name, what, version)
+                spec, version, salt, state = self.pps.get_spec(name, version)
         with self.pfs.session() as s:
             row = s.get(PipelineRow, name)
             pending = row.pending if row is not None else ""
@@ -371,7 +372,7 @@ class Runner:
                     row.pending = ""
         # The workers report what they run (stage code version, model sha256): a change is a new version.
         try:
-            identity = self.pool_for(name, version, spec).identity() | code
+            identity = self.pool_for(name, version, spec).identity() | (code or {})
         except WorkerStartError as exc:
             broken = self.pools.pop((name, version), None)
             if broken is not None:

@@ -192,7 +192,9 @@ class Worker:
                     outputs.append((dest, sha256, size))
         return sorted(outputs)
 
-    def _linked(self, link: Path, dest: str, root: Path) -> list[tuple[str, str, int]]:
+    def _linked(
+        self, link: Path, dest: str, root: Path, within: frozenset[Path] = frozenset()
+    ) -> list[tuple[str, str, int]]:
         """The outputs a symlink in ``out/`` stands for (Pachyderm's zero-copy ``ln -s /pfs/in/x /pfs/out/x``).
 
         The link may name its target as the command saw it (``/pfs/<input>/…`` inside the private mount,
@@ -204,7 +206,7 @@ class Worker:
         written = os.readlink(link)
         target = _resolve_in_datum(link, root)
         fix = "copy the file instead (cp, not ln -s), or link to a file of the datum's inputs"
-        if target is None:
+        if target is None or target in within:  # within: the linked folders this link lies in
             raise TransformError(f"{shown} links to {written}, which is a symlink loop; {fix}")
         inputs = {f.input for f, _ in self._inputs.values()}
         inside = target.is_relative_to(root) and target != root and target.relative_to(root).parts[0] in inputs
@@ -215,12 +217,13 @@ class Worker:
         if target.is_file():
             return [(dest, *self._input_object(target))]
         outputs = []
-        for folder, _dirs, files in os.walk(target):
-            for name in sorted(files):
-                path = Path(folder) / name
+        for folder, dirs, files in os.walk(target):
+            here = Path(folder)
+            for name in sorted(files) + sorted(d for d in dirs if (here / d).is_symlink()):
+                path = here / name
                 sub = dest + "/" + path.relative_to(target).as_posix()
                 if path.is_symlink():
-                    outputs.extend(self._linked(path, sub, root))
+                    outputs.extend(self._linked(path, sub, root, within | {target}))
                 elif path.is_file():
                     outputs.append((sub, *self._input_object(path)))
         return outputs
