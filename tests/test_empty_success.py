@@ -313,3 +313,19 @@ def test_status_api_and_dashboard_agree(troubled: Workspace) -> None:
         row = html.split(f'<tr id="pipeline-{name}">', 1)[1].split("</tr>", 1)[0]
         assert f'data-state="{state}"' in row, (name, row)
     assert "unknown stage" in html.split('<tr id="pipeline-nostage">', 1)[1].split("</tr>", 1)[0]
+
+
+def test_code_files_named_by_cmd_and_stdin(tmp_path: Path) -> None:
+    from alarmsieve.pps.code import code_files, runnable_cmd
+
+    for rel in ("thumbs.py", "pkg/mod.py", "settings.yaml", "run.sh", "lib/util.sh"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("# code\n")
+    cmd = ["/usr/bin/python3", "thumbs.py", "--config=settings.yaml", "/pfs/images", "missing.py"]
+    stdin = ['python3 -m pkg.mod "$images"', "sh lib/util.sh /pfs/out  # a comment: other.py"]
+    assert code_files(cmd, stdin, tmp_path) == sorted(
+        (tmp_path / rel).resolve() for rel in ("thumbs.py", "pkg/mod.py", "settings.yaml", "lib/util.sh")
+    )
+    assert code_files(["./run.sh"], [], tmp_path) == [(tmp_path / "run.sh").resolve()]  # a script as the program
+    assert code_files(["python3", "thumbs.py"], [], None) == []  # relative names need the spec's folder
+    assert runnable_cmd(["python3", "thumbs.py", "-v"], tmp_path) == ["python3", str(tmp_path / "thumbs.py"), "-v"]

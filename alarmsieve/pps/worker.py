@@ -168,6 +168,7 @@ class Worker:
         root = self.config.scratch / "pfs"
         shutil.rmtree(self.config.scratch, ignore_errors=True)
         (root / "out").mkdir(parents=True)
+        root = root.resolve()  # links in out/ are resolved to real paths: compare like with like
         self._inputs = {}
         for f in task.files:
             # Subprocess transforms get private copies: foreign code may write to its inputs.
@@ -201,7 +202,7 @@ class Worker:
         or under ``$PFS_ROOT``); the target must be a file or folder of the datum's inputs. A file of the
         inputs keeps its sha256 (the object store already holds it, so nothing is copied or hashed).
         """
-        seen = _seen_root(root)
+        seen = _seen_root()
         shown = f"{seen}/{link.relative_to(root).as_posix()}"
         written = os.readlink(link)
         target = _resolve_in_datum(link, root)
@@ -385,7 +386,7 @@ def _stamp(path: Path) -> tuple[int, int]:
     return st.st_size, st.st_mtime_ns
 
 
-def _seen_root(root: Path) -> str:
+def _seen_root() -> str:
     """How the command saw the datum's root: the literal /pfs in a private mount, else $PFS_ROOT."""
     return PFS_MOUNT if pfs_namespace() is not None else "$PFS_ROOT"
 
