@@ -189,6 +189,7 @@ def test_literal_pfs_without_the_mount_fails_instead_of_empty_success(
     assert edges.state == "failure", edges.reason
     (datum,) = ws.pps.list_datums("edges", edges.id)
     assert f"wrote no output, and {script} names the literal /pfs/images/*/*" in datum.reason
+    assert datum.attempts == 1  # the same refusal again would be no news: not retried (datumTries 3)
     assert "ALARMSIEVE_PFS_MOUNT=off" in datum.reason and "$PFS_ROOT/out" in datum.reason
     assert only(jobs, "portable").state == "success"
     assert tree(ws.pfs, "portable") == {"/owl.jpg": photo}

@@ -63,6 +63,7 @@ class DatumResult:
     ok: bool
     outputs: list[tuple[str, str, int]] = field(default_factory=list)  # (path, sha256, size)
     recovered: bool = False  # the stage failed but err_cmd succeeded (Pachyderm's "recovered" datum)
+    final: bool = False  # a failure that another attempt would only repeat (TransformError): not retried
     reason: str = ""
     traceback: str = ""
     seconds: float = 0.0
@@ -266,6 +267,7 @@ class Worker:
             result.ok = True
         except TransformError as exc:  # the transform's mistake, said in one line: no traceback
             result.reason = str(exc)
+            result.final = True
             if self.config.err_cmd:
                 result.recovered = self._run_err_cmd(task, handler)
         except Exception as exc:
