@@ -41,6 +41,7 @@ class PaddleNmsBackend(DetectorBackend):
         self.model_sha256 = model.sha256
         self.labels = model.entry.label_names
         self.preprocess = model.entry.preprocess
+        self.calibration = model.entry.calibration  # raw score -> probability, used by the ensemble
         self.score_floor = score_floor
         self.nms_iou = nms_iou
         self._session = open_session(model.path, threads=threads, providers=providers, strip_weights=strip_weights)

@@ -1,0 +1,74 @@
+"""Each catalogue detector's time per frame, one onnxruntime thread, weights folded and as shipped.
+
+A 640x480 real photo (COCO128's first, resized), the backend's whole ``detect`` (pre-processing,
+inference, decode, NMS), 3 warm-up runs, then 20 timed runs of each variant interleaved (folded,
+as shipped, folded, ...) so that a busy machine slows both alike; the median is reported.
+
+Run alone: ``python -m benchmarks.bench_detectors [--runs 20] [--json FILE]``. Needs ``../shared``
+(models and photos; ``ALARMSIEVE_SHARED`` / ``ALARMSIEVE_MODEL_DIR``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import cv2
+
+from benchmarks.common import locate_shared, say
+
+
+def run(runs: int = 20) -> dict[str, dict[str, float | int]]:
+    from alarmsieve.vision.backends.session import strip_weight_inputs
+    from alarmsieve.vision.detector import create_detector
+    from alarmsieve.vision.models import CATALOGUE, locate_model
+
+    shared = locate_shared()
+    if shared.model_dir is None or not shared.photos:
+        raise SystemExit(f"bench_detectors: missing {'; '.join(shared.missing)}")
+    cv2.setNumThreads(1)
+    frame = cv2.resize(cv2.imread(str(shared.photos[0])), (640, 480))
+    figures: dict[str, dict[str, float | int]] = {}
+    for name in CATALOGUE:
+        model = locate_model(name, model_dir=shared.model_dir, allow_download=False)
+        variants = {
+            "folded": create_detector("onnx", model=model, threads=1, strip_weights=True),
+            "as_shipped": create_detector("onnx", model=model, threads=1, strip_weights=False),
+        }
+        times: dict[str, list[float]] = {k: [] for k in variants}
+        for detector in variants.values():
+            for _ in range(3):
+                detector.detect(frame)
+        for _ in range(runs):
+            for key, detector in variants.items():
+                started = time.perf_counter()
+                detector.detect(frame)
+                times[key].append((time.perf_counter() - started) * 1000)
+        figures[name] = {
+            "weight_inputs": strip_weight_inputs(model.path.read_bytes())[1],
+            "ms_folded": round(statistics.median(times["folded"]), 2),
+            "ms_as_shipped": round(statistics.median(times["as_shipped"]), 2),
+        }
+        f = figures[name]
+        say(
+            f"{name:18s} weights among inputs: {f['weight_inputs']:4d}  folded {f['ms_folded']:7.2f} ms  "
+            f"as shipped {f['ms_as_shipped']:7.2f} ms  (median of {runs}, 640x480, 1 thread)"
+        )
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_detectors")
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    figures = run(args.runs)
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2))
+
+
+if __name__ == "__main__":
+    main()
