@@ -20,7 +20,7 @@ from alarmsieve.rules.schema import RulesError, load_rules
 from alarmsieve.stages.records import AlarmMeta, DetectionsRecord
 from alarmsieve.vision.backends.session import open_session, strip_weight_inputs
 from alarmsieve.vision.detector import Detection, DetectorBackend, create_detector
-from alarmsieve.vision.ensemble import Ensemble, weighted_box_fusion
+from alarmsieve.vision.ensemble import Ensemble, describe, weighted_box_fusion
 from alarmsieve.vision.models import CATALOGUE, COCO_LABELS, Calibration, locate_model
 from alarmsieve.vision.tiling import TiledDetector, TilingConfig
 from tests.conftest import PROJECT
@@ -75,13 +75,16 @@ def people(dets: list[Detection], at: float = 0.0) -> list[Detection]:
 # --- the catalogue --------------------------------------------------------------------------------
 
 
-def test_catalogue_files_match_their_sha256_and_size(all_models: Path) -> None:
+def test_catalogue_files_match_their_sha256_and_size(
+    all_models: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ALARMSIEVE_MODEL_DIR", str(all_models))
     for name, entry in CATALOGUE.items():
         path = all_models / entry.filename
         assert hashlib.sha256(path.read_bytes()).hexdigest() == entry.sha256, name
         assert path.stat().st_size == entry.size_bytes, name
-        located = locate_model(name, model_dir=all_models, cache_dir=all_models / "no-cache")
-        assert located.source == "model_dir" and located.matches_catalogue
+        located = locate_model(name, cache_dir=tmp_path)  # found through ALARMSIEVE_MODEL_DIR
+        assert located.source == "model_dir" and located.matches_catalogue and located.path == path.resolve()
         assert entry.url.startswith("https://raw.githubusercontent.com/") and entry.sha256[:8] not in entry.url
     assert [e.type for e in CATALOGUE.values()] == ["yolox", "gfl", "gfl", "paddle_nms", "yolox"]
     assert CATALOGUE["person-light-192"].label_names == ("person",)
@@ -223,6 +226,8 @@ def test_wbf_merges_overlapping_boxes_and_divides_by_the_models_that_can_see_the
     assert person.box[3] == pytest.approx((0.8 * 300 + 0.4 * 300 + 0.6 * 310) / 1.8, abs=0.01)
     # a car only one of the two COCO models saw: half its score (the person-only model does not count)
     assert car.sources == {"a": 0.6} and car.score == pytest.approx(0.3)
+    assert describe(person, ["a", "b", "c"]) == "person 0.60 (a 0.80, person-only 0.60, b 0.40, c —)"
+    assert describe(car, ["a", "b"]) == "car 0.30 (a 0.60, b —)"
     # different labels never merge; boxes under the IoU threshold stay apart
     apart = weighted_box_fusion(
         {"a": [box("person", 0.9, (0, 0, 100, 100))], "b": [box("person", 0.9, (60, 0, 160, 100))]}

@@ -40,7 +40,7 @@ from alarmsieve.stages.records import (
 )
 from alarmsieve.vision.annotate import annotate, encode_jpeg
 from alarmsieve.vision.detector import DEFAULT_SCORE_FLOOR, Detection, choose_providers, create_detector
-from alarmsieve.vision.ensemble import DEFAULT_FUSION_IOU, Ensemble
+from alarmsieve.vision.ensemble import DEFAULT_FUSION_IOU, Ensemble, describe
 from alarmsieve.vision.models import CATALOGUE, ResolvedModel, locate_model
 from alarmsieve.vision.tiling import TiledDetector, TilingConfig
 
@@ -265,7 +265,7 @@ class DetectStage(Stage):
         ctx.log.info(
             "alarm %s: %s in %.1f ms%s",
             meta.alarm,
-            ", ".join(f"{d.label} {d.score:.2f}" for d in found) or "nothing",
+            ", ".join(self._describe(d) for d in found) or "nothing",
             elapsed,
             f" (whole frame + {tiles} tiles: {why_tiled})" if tiles else "",
         )
@@ -277,6 +277,11 @@ class DetectStage(Stage):
             inference_ms=round(elapsed, 2),
         )
         return record, image
+
+    def _describe(self, d: Detection) -> str:
+        if len(self.model_refs) == 1:
+            return f"{d.label} {d.score:.2f}"
+        return describe(d, [m.name for m in self.model_refs])
 
     def _prune_shared(self, max_age_s: float = 86400.0) -> None:
         """Boxes the pipeline never came for (its version changed meanwhile) go after a day."""

@@ -109,6 +109,15 @@ def weighted_box_fusion(
     return sorted(fused, key=lambda d: -d.score)
 
 
+def describe(detection: Detection, models: Sequence[str] = ()) -> str:
+    """``person 0.71 (picodet-s-416 0.64, nanodet-m-416 0.52, yolox-nano —)``: the fused score, then each
+    model's raw score, ``—`` for a model of ``models`` that did not see it (for logs and ``explain``)."""
+    seen = [f"{m} {s:.2f}" for m, s in detection.sources.items()]
+    missed = [f"{m} —" for m in models if m not in detection.sources]
+    detail = f" ({', '.join(seen + missed)})" if seen or missed else ""
+    return f"{detection.label} {detection.score:.2f}{detail}"
+
+
 class Ensemble(DetectorBackend):
     """Several backends on the same frame (or crop), fused into one list of boxes with their sources.
 
