@@ -33,17 +33,6 @@ DEFAULT_FUSION_IOU = 0.55
 _IDENTITY = Calibration()
 
 
-def _iou_many(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """IoU of one xyxy box with each row of ``boxes``."""
-    ix = np.clip(np.minimum(box[2], boxes[:, 2]) - np.maximum(box[0], boxes[:, 0]), 0, None)
-    iy = np.clip(np.minimum(box[3], boxes[:, 3]) - np.maximum(box[1], boxes[:, 1]), 0, None)
-    inter = ix * iy
-    area = (box[2] - box[0]) * (box[3] - box[1])
-    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    union = area + areas - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
-
-
 def weighted_box_fusion(
     per_model: Mapping[str, Sequence[Detection]],
     *,
@@ -61,48 +50,59 @@ def weighted_box_fusion(
     # label -> [(calibrated score, raw score, model, box, class id)]
     by_label: dict[str, list[tuple[float, float, str, tuple[float, float, float, float], int]]] = {}
     for model, dets in per_model.items():
+        if not dets:
+            continue
         cal = calibrations.get(model, _IDENTITY)
-        for d in dets:
-            by_label.setdefault(d.label, []).append((cal.apply(d.score), d.score, model, d.box, d.class_id))
+        calibrated = cal.apply_many(np.array([d.score for d in dets]))
+        for d, c in zip(dets, calibrated, strict=True):
+            by_label.setdefault(d.label, []).append((float(c), d.score, model, d.box, d.class_id))
     fused: list[Detection] = []
     for label, items in by_label.items():
         n_models = (models_for_label or {}).get(label, len(per_model))
         items.sort(key=lambda item: -item[0])
-        members: list[list[int]] = []  # cluster -> indices into items
-        centres = np.zeros((0, 4))  # the fused box of each cluster so far
-        for i, (_, _, _, box, _) in enumerate(items):
-            b = np.asarray(box, dtype=np.float64)
-            if len(members):
-                overlap = _iou_many(b, centres)
+        boxes = np.array([item[3] for item in items], dtype=np.float64)
+        weights = np.array([item[0] for item in items], dtype=np.float64)
+        # Clusters so far (preallocated: at most one per box): fused box, its area, weight sums.
+        centres = np.zeros((len(items), 4))
+        areas = np.zeros(len(items))
+        weight_sum = np.zeros(len(items))
+        weighted = np.zeros((len(items), 4))
+        members: list[list[int]] = []
+        for i, b in enumerate(boxes):
+            n = len(members)
+            if n:
+                c = centres[:n]
+                ix = np.minimum(b[2], c[:, 2]) - np.maximum(b[0], c[:, 0])
+                iy = np.minimum(b[3], c[:, 3]) - np.maximum(b[1], c[:, 1])
+                inter = np.maximum(ix, 0.0) * np.maximum(iy, 0.0)
+                union = (b[2] - b[0]) * (b[3] - b[1]) + areas[:n] - inter
+                overlap = np.divide(inter, union, out=np.zeros(n), where=union > 0)
                 best = int(overlap.argmax())
                 if overlap[best] >= fusion_iou:
                     members[best].append(i)
-                    weights = np.array([items[j][0] for j in members[best]])
-                    boxes = np.array([items[j][3] for j in members[best]], dtype=np.float64)
-                    total = weights.sum()
-                    centres[best] = (weights @ boxes) / total if total > 0 else boxes.mean(axis=0)
+                    weight_sum[best] += weights[i]
+                    weighted[best] += weights[i] * b
+                    if weight_sum[best] > 0:  # the score-weighted mean box
+                        centres[best] = weighted[best] / weight_sum[best]
+                    areas[best] = (centres[best, 2] - centres[best, 0]) * (centres[best, 3] - centres[best, 1])
                     continue
             members.append([i])
-            centres = np.vstack((centres, b))
-        for cluster, centre in zip(members, centres, strict=True):
+            centres[n], weight_sum[n], weighted[n] = b, weights[i], weights[i] * b
+            areas[n] = (b[2] - b[0]) * (b[3] - b[1])
+        for k, cluster in enumerate(members):
             best_cal: dict[str, float] = {}
             raw: dict[str, float] = {}
             for j in cluster:
                 cal_score, raw_score, model, _, _ = items[j]
                 best_cal[model] = max(best_cal.get(model, 0.0), cal_score)
                 raw[model] = max(raw.get(model, 0.0), raw_score)
-            score = min(1.0, sum(best_cal.values()) / max(1, n_models))
+            x1, y1, x2, y2 = (round(float(v), 2) for v in centres[k])
             fused.append(
                 Detection(
                     label=label,
                     class_id=items[cluster[0]][4],
-                    score=score,
-                    box=(
-                        round(float(centre[0]), 2),
-                        round(float(centre[1]), 2),
-                        round(float(centre[2]), 2),
-                        round(float(centre[3]), 2),
-                    ),
+                    score=min(1.0, sum(best_cal.values()) / max(1, n_models)),
+                    box=(x1, y1, x2, y2),
                     sources=dict(sorted(raw.items(), key=lambda kv: -kv[1])),
                 )
             )
@@ -161,8 +161,13 @@ class Ensemble(DetectorBackend):
     def detect(self, image_bgr: np.ndarray) -> list[Detection]:
         check_bgr(image_bgr)
         self.last_raw = {b.model_name: b.detect(image_bgr) for b in self.backends}
+        return self.fuse(self.last_raw)
+
+    def fuse(self, raw: dict[str, list[Detection]]) -> list[Detection]:
+        """Calibrate and fuse detections already at hand (model name -> its raw candidates): refitting
+        calibrations on stored candidates needs no model run."""
         if len(self.backends) == 1:  # nothing to fuse: the model's own boxes (its NMS already ran)
-            name, dets = next(iter(self.last_raw.items()))
+            name, dets = next(iter(raw.items()))
             cal = self.calibrations[name]
             return sorted(
                 (
@@ -174,7 +179,7 @@ class Ensemble(DetectorBackend):
                 key=lambda d: -d.score,
             )
         return weighted_box_fusion(
-            self.last_raw,
+            raw,
             models_for_label=self.models_for_label,
             calibrations=self.calibrations,
             fusion_iou=self.fusion_iou,
