@@ -371,6 +371,11 @@ def test_stage_refuses_unknown_detectors_in_one_line(model_dir: Path, tmp_path: 
         DetectStage(["--detectors", "yolox-nano", "--model", "/tmp/x.onnx"], services)
     with pytest.raises(StageUsageError, match="twice"):
         DetectStage(["--detectors", "yolox-nano,yolox-nano"], services)
+    with pytest.raises(StageUsageError, match="score_floor must be within"):
+        DetectStage(["--score-floor", "1.5"], services)
+    # in a pipeline's transform.cmd, --help is a mistake, not a request to print and exit the worker
+    with pytest.raises(StageUsageError, match="run `alarmsieve stage detect --help`"):
+        DetectStage(["--help"], services)
 
 
 def test_stage_runs_several_detectors_and_records_models_and_sources(

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import onnx
 import onnxruntime as ort
 
 from alarmsieve.vision.backends.base import CPU
@@ -18,6 +17,8 @@ from alarmsieve.vision.backends.base import CPU
 
 def strip_weight_inputs(model_bytes: bytes) -> tuple[bytes, int]:
     """The model with the graph inputs that are also initializers removed, and how many went."""
+    import onnx  # late: only model loading needs it, not every import of the vision package
+
     model = onnx.load_from_string(model_bytes)
     weights = {init.name for init in model.graph.initializer}
     inputs = list(model.graph.input)
