@@ -169,6 +169,8 @@ class Ensemble(DetectorBackend):
         if len(self.backends) == 1:  # nothing to fuse: the model's own boxes (its NMS already ran)
             name, dets = next(iter(raw.items()))
             cal = self.calibrations[name]
+            if cal == _IDENTITY:  # the default: the same boxes and scores, with their source named
+                return [d.model_copy(update={"sources": {name: d.score}}) for d in dets]
             return sorted(
                 (
                     Detection(

@@ -1,4 +1,5 @@
-"""onnxruntime sessions for the detector backends, with weights taken out of the graph inputs.
+"""onnxruntime sessions for the detector backends, with weights taken out of the graph inputs, and
+``OnnxBackend``: what every onnxruntime backend sets up the same way (options, provenance, session).
 
 Some exports (the NanoDet and PicoDet-S files) list every weight among the graph's inputs as well as
 among its initializers. onnxruntime must then treat each weight as something the caller might
@@ -12,7 +13,14 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from alarmsieve.vision.backends.base import CPU
+from alarmsieve.vision.backends.base import (
+    CPU,
+    DEFAULT_NMS_IOU,
+    DEFAULT_SCORE_FLOOR,
+    DetectorBackend,
+    check_options,
+)
+from alarmsieve.vision.models import ResolvedModel
 
 
 def strip_weight_inputs(model_bytes: bytes) -> tuple[bytes, int]:
@@ -49,3 +57,31 @@ def open_session(
         if removed:
             source = stripped
     return ort.InferenceSession(source, sess_options=opts, providers=providers or [CPU])
+
+
+class OnnxBackend(DetectorBackend):
+    """The common part of the onnxruntime backends; a subclass decodes its family's outputs in ``detect``."""
+
+    def __init__(
+        self,
+        model: ResolvedModel,
+        *,
+        score_floor: float = DEFAULT_SCORE_FLOOR,
+        nms_iou: float = DEFAULT_NMS_IOU,
+        threads: int = 1,
+        providers: list[str] | None = None,
+        strip_weights: bool = True,
+    ) -> None:
+        check_options(score_floor, nms_iou, threads)
+        self.model_name = model.entry.name
+        self.model_sha256 = model.sha256
+        self.labels = model.entry.label_names
+        self.preprocess = model.entry.preprocess
+        self.calibration = model.entry.calibration  # raw score -> probability, used by the ensemble
+        self.score_floor = score_floor
+        self.nms_iou = nms_iou
+        self._session = open_session(model.path, threads=threads, providers=providers, strip_weights=strip_weights)
+        self.providers = self._session.get_providers()  # what onnxruntime really uses (CUDA may fall back)
+        inp = self._session.get_inputs()[0]
+        self._input_name = inp.name
+        self.input_size = inp.shape[2] if isinstance(inp.shape[2], int) else model.entry.input_size
