@@ -84,6 +84,7 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     from alarmsieve.pps.api import PpsError
     from alarmsieve.pps.spec import SpecError
     from alarmsieve.rules import RulesError
+    from alarmsieve.stages.base import StageUsageError
     from alarmsieve.vision.models import ModelChecksumError, ModelNotFoundError
     from alarmsieve.workspace import WorkspaceError
 
@@ -99,6 +100,7 @@ def _known_errors() -> tuple[type[BaseException], ...]:
         ModelChecksumError,
         EvalError,
         ObjectNotFoundError,
+        StageUsageError,
     )
 
 
@@ -854,18 +856,28 @@ def eval_command(
 
 
 # ---- stage runtime and demo ------------------------------------------------------------------------
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []})
 def stage(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="validate, detect, assess, notify, noop")],
     pfs: Annotated[Path, typer.Option(help="datum root (Pachyderm: /pfs)", envvar="PFS_ROOT")] = Path("/pfs"),
 ) -> None:
-    """Run one stage on the datum laid out at PFS (how the stages run inside a Pachyderm worker)."""
+    """Run one stage on the datum laid out at PFS (how the stages run inside a Pachyderm worker).
+    `alarmsieve stage NAME --help` lists the stage's own options."""
     import os
 
     from alarmsieve.config import load_settings
     from alarmsieve.stages.base import DatumContext, StageServices
-    from alarmsieve.stages.registry import build_stage
+    from alarmsieve.stages.registry import build_stage, stage_class
+
+    # --help is the stage's, not this command's: `stage detect --help` lists the detect options
+    if name in ("--help", "-h"):
+        typer.echo(ctx.get_help())
+        raise typer.Exit(0)
+    if "--help" in ctx.args or "-h" in ctx.args:
+        parser = getattr(stage_class(name), "argument_parser", None)
+        typer.echo(parser().format_help() if parser else f"stage {name} takes no options of its own")
+        raise typer.Exit(0)
 
     settings = load_settings()
     services = StageServices(

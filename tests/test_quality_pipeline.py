@@ -29,7 +29,9 @@ def far_person_frame(shared_dir: Path, height: int = 80) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def detector(model_dir: Path):
-    return create_detector("onnx", model=locate_model("yolox-nano", model_dir=model_dir, allow_download=False))
+    # floor 0.25: these tests judge what the stage reports at its default --score-threshold
+    model = locate_model("yolox-nano", model_dir=model_dir, allow_download=False)
+    return create_detector("onnx", model=model, score_floor=0.25)
 
 
 def test_tiles_find_the_far_person_the_whole_frame_misses(detector, shared_dir: Path) -> None:

@@ -8,6 +8,7 @@ shared folder or the cache must match the catalogue's sha256.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import os
 import tempfile
@@ -17,7 +18,8 @@ from pathlib import Path
 from typing import Literal
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +36,59 @@ COCO_LABELS: tuple[str, ...] = (
     "teddy bear", "hair drier", "toothbrush",
 )  # fmt: skip
 
-LABEL_SETS: dict[str, tuple[str, ...]] = {"coco80": COCO_LABELS}
+LABEL_SETS: dict[str, tuple[str, ...]] = {"coco80": COCO_LABELS, "person": ("person",)}
+
+# How a backend decodes the model's outputs (one module per family in ``vision.backends``):
+# yolox: [1, N, 5 + classes] rows per grid cell (cx, cy, log w, log h, objectness, class scores);
+# gfl: per stride, class scores + 4 x 8 distance bins (NanoDet, PicoDet without post-processing);
+# paddle_nms: PaddleDetection's export with NMS inside ([K, 6] class, score, x1, y1, x2, y2).
+DecoderType = Literal["yolox", "gfl", "paddle_nms"]
+
+
+class Preprocess(BaseModel):
+    """How a frame becomes the model's input: the resize, the padding, the channel order and the
+    normalisation ``(pixel - mean) / std`` on 0-255 values in the model's channel order."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    resize: Literal["letterbox", "letterbox_centre", "stretch"] = "letterbox"  # letterbox: top-left
+    pad: int = Field(default=114, ge=0, le=255)
+    colour: Literal["bgr", "rgb"] = "bgr"
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+
+
+IMAGENET_RGB = Preprocess(resize="stretch", colour="rgb", mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375))
+
+
+class Calibration(BaseModel):
+    """A monotone piecewise-linear map from a model's raw score to "probability this is a real
+    object": the ensemble compares models on this scale. ``points`` are (raw, probability) knots from
+    raw 0 to raw 1; the default is the identity. The numbers are fitted on labelled frames."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    points: tuple[tuple[float, float], ...] = ((0.0, 0.0), (1.0, 1.0))
+
+    @model_validator(mode="after")
+    def _monotone(self) -> Calibration:
+        xs = [x for x, _ in self.points]
+        ys = [y for _, y in self.points]
+        if len(self.points) < 2 or xs[0] != 0.0 or xs[-1] != 1.0:
+            raise ValueError("calibration points must start at raw score 0 and end at raw score 1")
+        if any(b <= a for a, b in itertools.pairwise(xs)):
+            raise ValueError(f"calibration raw scores must increase strictly, got {xs}")
+        if any(b < a for a, b in itertools.pairwise(ys)) or not all(0.0 <= y <= 1.0 for y in ys):
+            raise ValueError(f"calibrated scores must lie in [0, 1] and never decrease, got {ys}")
+        return self
+
+    def apply(self, raw: float) -> float:
+        xs, ys = zip(*self.points, strict=True)
+        return float(np.interp(raw, xs, ys))
+
+    def apply_many(self, raw: np.ndarray) -> np.ndarray:
+        xs, ys = zip(*self.points, strict=True)
+        return np.interp(raw, xs, ys)
 
 
 class ModelEntry(BaseModel):
@@ -47,10 +101,14 @@ class ModelEntry(BaseModel):
     url: str
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     size_bytes: int = Field(gt=0)
+    type: DecoderType = "yolox"
     input_size: int = Field(default=416, gt=0)
-    labels: Literal["coco80"] = "coco80"
+    labels: Literal["coco80", "person"] = "coco80"
+    preprocess: Preprocess = Preprocess()
+    calibration: Calibration = Calibration()
     licence: str
     source: str
+    note: str = ""
 
     @property
     def label_names(self) -> tuple[str, ...]:
@@ -73,6 +131,89 @@ CATALOGUE: dict[str, ModelEntry] = {
         source=(
             "Megvii YOLOX-Nano weights, ONNX export in hamacom2004jp/iinfer at commit "
             "c7f9a3c5216c6f8b3e8b35886f863dffa2dc0bf9, path models/yolox_nano.onnx"
+        ),
+    ),
+    "nanodet-m-416": ModelEntry(
+        name="nanodet-m-416",
+        filename="nanodet_m_416.onnx",
+        url=(
+            "https://raw.githubusercontent.com/Kazuhito00/MOT-Tracking-by-Detection-Pipeline/"
+            "e50a76b8b430b778276e7fd04fd4cafd5d45eab2/Detector/nanodet/model/nanodet_m_416.onnx"
+        ),
+        sha256="08b62b9ee4a7878e7a64d6ef4faf3074322c033a0252c83a20f41b86c76e8146",
+        size_bytes=3_802_805,
+        type="gfl",
+        input_size=416,
+        labels="coco80",
+        preprocess=Preprocess(
+            resize="letterbox_centre", pad=0, colour="bgr", mean=(103.53, 116.28, 123.675), std=(57.375, 57.12, 58.395)
+        ),
+        licence="Apache-2.0",
+        source=(
+            "RangiLyu/nanodet NanoDet-m weights, ONNX export in Kazuhito00/MOT-Tracking-by-Detection-Pipeline "
+            "(MIT; Apache-2.0 LICENSE in that folder) at commit e50a76b8b430b778276e7fd04fd4cafd5d45eab2, "
+            "path Detector/nanodet/model/nanodet_m_416.onnx"
+        ),
+    ),
+    "picodet-s-416": ModelEntry(
+        name="picodet-s-416",
+        filename="picodet_s_416_coco_legacy.onnx",
+        url=(
+            "https://raw.githubusercontent.com/hpc203/picodet-onnxruntime/"
+            "dfe4d6cd0a18cd4126ee381e81df8a0b1e6ad97b/coco/picodet_s_416_coco.onnx"
+        ),
+        sha256="cdab77bdde16e4f76bec734c4e5791801d1739e4c7ec1995e0e110e04300d0c2",
+        size_bytes=4_040_573,
+        type="gfl",
+        input_size=416,
+        labels="coco80",
+        preprocess=IMAGENET_RGB,
+        licence="Apache-2.0",
+        source=(
+            "PaddleDetection PP-PicoDet-S (2021 release) weights, Paddle2ONNX export in hpc203/picodet-onnxruntime "
+            "(no licence file of its own) at commit dfe4d6cd0a18cd4126ee381e81df8a0b1e6ad97b, "
+            "path coco/picodet_s_416_coco.onnx"
+        ),
+    ),
+    "picodet-xs-320": ModelEntry(
+        name="picodet-xs-320",
+        filename="picodet_xs_320_lcnet_postprocessed.onnx",
+        url=(
+            "https://raw.githubusercontent.com/kk-fenglai/Picodet/"
+            "6c5596c5f2eaec194eb1bfc45b03036caff8719d/picodet_xs_320_lcnet_postprocessed.onnx"
+        ),
+        sha256="3b8e7687122d70b1615734827b19f28e24cde83cb59b4d27845a3566da4b8510",
+        size_bytes=2_871_062,
+        type="paddle_nms",
+        input_size=320,
+        labels="coco80",
+        preprocess=IMAGENET_RGB,
+        licence="Apache-2.0",
+        source=(
+            "PaddleDetection PP-PicoDet-XS LCNet, PaddleDetection's own export with post-processing, committed in "
+            "kk-fenglai/Picodet (no licence file of its own) at commit 6c5596c5f2eaec194eb1bfc45b03036caff8719d"
+        ),
+        note=(
+            "the path inside the repository (its root) was found in a code-search index of that commit, not "
+            "fetched here: the sha256 check decides whether a download from this URL is the file"
+        ),
+    ),
+    "person-light-192": ModelEntry(
+        name="person-light-192",
+        filename="light_person_detector_192.onnx",
+        url=(
+            "https://raw.githubusercontent.com/Kazuhito00/Person-Detection-using-RaspberryPi-CPU/"
+            "fab8c0d1129b391e8aaf0a4e557dd5bb812e749f/model/model.onnx"
+        ),
+        sha256="4bf5f704cd3bd900645a4303e0934ede13d9fb2135058b38005f4c2886c68576",
+        size_bytes=3_616_703,
+        type="yolox",
+        input_size=192,
+        labels="person",
+        licence="Apache-2.0",
+        source=(
+            "Kazuhito00/Person-Detection-using-RaspberryPi-CPU (Apache-2.0) at commit "
+            "fab8c0d1129b391e8aaf0a4e557dd5bb812e749f, path model/model.onnx; its training data is not documented"
         ),
     ),
 }
