@@ -84,6 +84,7 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     from alarmsieve.pps.api import PpsError
     from alarmsieve.pps.spec import SpecError
     from alarmsieve.rules import RulesError
+    from alarmsieve.stages.base import StageUsageError
     from alarmsieve.vision.models import ModelChecksumError, ModelNotFoundError
     from alarmsieve.workspace import WorkspaceError
 
@@ -99,6 +100,7 @@ def _known_errors() -> tuple[type[BaseException], ...]:
         ModelChecksumError,
         EvalError,
         ObjectNotFoundError,
+        StageUsageError,
     )
 
 
@@ -175,7 +177,7 @@ def create_pipeline(
     """Create pipelines from a Pachyderm spec file."""
     ws = workspace()
     for spec in _read_specs(file):
-        version, what = ws.pps.create_pipeline(spec, identity=ws.stage_identity(spec))
+        version, what = ws.pps.create_pipeline(spec, identity=ws.stage_identity(spec), code_dir=_spec_dir(file))
         console.print(f"pipeline {spec.name}: {what} (version {version})")
 
 
@@ -188,13 +190,20 @@ def update_pipeline(
     ws = workspace()
     for spec in _read_specs(file):
         identity = ws.stage_identity(spec)
-        version, what = ws.pps.create_pipeline(spec, update=True, reprocess=reprocess, identity=identity)
+        version, what = ws.pps.create_pipeline(
+            spec, update=True, reprocess=reprocess, identity=identity, code_dir=_spec_dir(file)
+        )
         note = (
             "unchanged: same spec, stage code and model as the current version; no new version, nothing reprocessed"
             if what == "unchanged"
             else what
         )
         console.print(f"pipeline {spec.name}: {note} (version {version})")
+
+
+def _spec_dir(file: str) -> Path:
+    """Where a spec's relative script names (``python3 thumbs.py``) resolve: its folder; stdin: here."""
+    return Path.cwd() if file == "-" else Path(file).resolve().parent
 
 
 def _read_specs(file: str) -> list[Any]:
@@ -446,10 +455,15 @@ def inspect_pipeline(
     console.print(f"[bold]Pipeline:[/] {info.name}  version {info.version}  state {info.state}", highlight=False)
     if info.reason:
         console.print(f"[bold]Reason:[/] {info.reason}", highlight=False)
-    if info.identity:
+    from alarmsieve.pps.code import is_code_key
+
+    shown_identity = {k: v for k, v in info.identity.items() if not is_code_key(k)}
+    if shown_identity:
         console.print(
-            "[bold]Identity:[/] " + ", ".join(f"{k}={v}" for k, v in sorted(info.identity.items())), highlight=False
+            "[bold]Identity:[/] " + ", ".join(f"{k}={v}" for k, v in sorted(shown_identity.items())), highlight=False
         )
+    for path, sha256 in sorted(info.code_files.items()):
+        console.print(f"[bold]Code file:[/] {path} sha256 {sha256}", highlight=False)
     console.print(f"[bold]Input:[/] {', '.join(info.input_repos)}  glob {', '.join(info.glob)}", highlight=False)
     console.print(f"[bold]Workers:[/] {info.parallelism}", highlight=False)
     if info.last_job:
@@ -608,16 +622,27 @@ def _progress() -> Progress:
 
 @app.command()
 def run(as_json: JsonFlag = False) -> None:
-    """Process everything pending and return when idle."""
+    """Process everything pending and return when idle; exit 1 when a job failed or could not run."""
     ws = workspace()
     with _progress() as progress, ws.runner(_RichProgress(progress)) as runner:
         jobs = runner.run_until_idle()
+    bad = [j for j in jobs if j.state != "success"]
     if as_json:
-        return emit_json(jobs)
-    failed = [j for j in jobs if j.state != "success"]
-    console.print(f"{len(jobs)} job(s) run, {len(failed)} with failures")
-    for j in failed:
-        console.print(f"  {j.pipeline} job {j.id}: {j.reason}  (see `alarmsieve list datum {j.pipeline}@{j.id}`)")
+        emit_json(jobs)
+    else:
+        which = ": " + ", ".join(f"{j.pipeline} {j.state}" for j in bad) if bad else ""
+        console.print(f"{len(jobs)} job(s) run, {len(bad)} failed or errored{which}", highlight=False)
+        for j in bad:
+            console.print(f"  {j.pipeline} job {j.id} {j.state}: {j.reason}  (see {_job_hint(j)})", highlight=False)
+    if bad:
+        raise typer.Exit(1)
+
+
+def _job_hint(job: Any) -> str:
+    """Where to look next: a failed job has failed datums; a job that could not run has none, only logs."""
+    if job.state == "failure":
+        return f"`alarmsieve list datum {job.pipeline}@{job.id} --state failed`"
+    return f"`alarmsieve inspect job {job.id}` and `alarmsieve logs --job {job.id}`"
 
 
 @app.command()
@@ -831,18 +856,28 @@ def eval_command(
 
 
 # ---- stage runtime and demo ------------------------------------------------------------------------
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []})
 def stage(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="validate, detect, assess, notify, noop")],
     pfs: Annotated[Path, typer.Option(help="datum root (Pachyderm: /pfs)", envvar="PFS_ROOT")] = Path("/pfs"),
 ) -> None:
-    """Run one stage on the datum laid out at PFS (how the stages run inside a Pachyderm worker)."""
+    """Run one stage on the datum laid out at PFS (how the stages run inside a Pachyderm worker).
+    `alarmsieve stage NAME --help` lists the stage's own options."""
     import os
 
     from alarmsieve.config import load_settings
     from alarmsieve.stages.base import DatumContext, StageServices
-    from alarmsieve.stages.registry import build_stage
+    from alarmsieve.stages.registry import build_stage, stage_class
+
+    # --help is the stage's, not this command's: `stage detect --help` lists the detect options
+    if name in ("--help", "-h"):
+        typer.echo(ctx.get_help())
+        raise typer.Exit(0)
+    if "--help" in ctx.args or "-h" in ctx.args:
+        parser = getattr(stage_class(name), "argument_parser", None)
+        typer.echo(parser().format_help() if parser else f"stage {name} takes no options of its own")
+        raise typer.Exit(0)
 
     settings = load_settings()
     services = StageServices(

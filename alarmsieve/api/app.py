@@ -48,7 +48,6 @@ from alarmsieve.api.schemas import (
     ErrorBody,
     FeedbackIn,
     FeedbackOut,
-    JobSummary,
     PipelineStatus,
     RepoStatus,
     RunnerStatus,
@@ -472,30 +471,11 @@ def create_app(
 
 
 def system_status(state: ApiState) -> StatusOut:
+    """The CLI's `status` model (``Operations.status``) with the HTTP server's own figures added."""
     ws = state.ws
     depth = state.system.queue_depth()
-    pipelines = []
-    for p in ws.pps.list_pipelines():
-        job = p.last_job
-        pipelines.append(
-            PipelineStatus(
-                name=p.name,
-                version=p.version,
-                state=p.state,
-                parallelism=p.parallelism,
-                queue_depth=depth.get(p.name),
-                last_job=JobSummary(
-                    id=job.id,
-                    state=job.state,
-                    processed=job.processed,
-                    failed=job.failed,
-                    reason=job.reason,
-                    finished_at=job.finished_at,
-                )
-                if job
-                else None,
-            )
-        )
+    report = ws.ops.status()
+    pipelines = [PipelineStatus(**p.model_dump(), queue_depth=depth.get(p.name)) for p in report.pipelines]
     with Session(state.ingestor.engine) as s:
         received = s.scalar(select(func.count()).select_from(ApiAlarm)) or 0
     loop = state.loop
@@ -505,6 +485,7 @@ def system_status(state: ApiState) -> StatusOut:
             for r in ws.pfs.list_repos()
         ],
         pipelines=pipelines,
+        problems=report.problems,
         runner=RunnerStatus(
             in_process=loop is not None,
             alive=bool(loop and loop.alive),

@@ -7,6 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from alarmsieve.pps.ops import PipelineStatus as PipelineHealth
+
 FeedbackLabel = Literal["false_alarm", "missed_threat", "correct"]
 EXPECTED = {"false_alarm": "dismiss", "missed_threat": "alert"}
 
@@ -72,22 +74,11 @@ class RepoStatus(BaseModel):
     size_bytes: int
 
 
-class JobSummary(BaseModel):
-    id: str
-    state: str
-    processed: int
-    failed: int
-    reason: str
-    finished_at: datetime | None
+class PipelineStatus(PipelineHealth):
+    """`alarmsieve status`'s own pipeline model (state running/paused/failing/crashing with the reason,
+    workers, queued and failed datums, last job), plus the alarm backlog the HTTP server counts."""
 
-
-class PipelineStatus(BaseModel):
-    name: str
-    version: int
-    state: str
-    parallelism: int
-    queue_depth: int | None
-    last_job: JobSummary | None
+    queue_depth: int | None = Field(default=None, description="alarms in the stage's input not yet in its output")
 
 
 class RunnerStatus(BaseModel):
@@ -100,6 +91,7 @@ class RunnerStatus(BaseModel):
 class StatusOut(BaseModel):
     repos: list[RepoStatus]
     pipelines: list[PipelineStatus]
+    problems: list[str] = Field(default_factory=list, description="as `alarmsieve status` lists them")
     runner: RunnerStatus
     alarms_received_over_http: int
 

@@ -8,12 +8,14 @@ import json
 import uuid
 from collections import defaultdict, deque
 from datetime import UTC, datetime
+from pathlib import Path
 
 from pydantic import BaseModel
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from alarmsieve.pfs.api import Pfs
+from alarmsieve.pps.code import CODE_DIR_KEY, code_identity, fingerprinted_files, split_identity
 from alarmsieve.pps.spec import PipelineSpec, parse_spec, spec_fingerprint, to_pachyderm
 from alarmsieve.pps.tables import DatumRow, JobRow, LogRow, PipelineRow, PipelineVersionRow
 
@@ -43,6 +45,8 @@ class PipelineInfo(BaseModel):
     updated_at: datetime
     spec: dict
     identity: dict[str, str] = {}
+    # a local transform's scripts (path -> sha256), part of the version (docs/pipeline-spec.md, "Versions")
+    code_files: dict[str, str] = {}
     last_job: JobInfo | None = None
 
 
@@ -139,6 +143,27 @@ def _identity_text(identity: dict[str, str]) -> str:
     return ", ".join(f"{k} {v}" for k, v in sorted(identity.items()))
 
 
+def _identity_change(old: dict[str, str], new: dict[str, str]) -> str:
+    """The entries that changed, old -> new (``file:/x/thumbs.py 1a2b3c… -> file:/x/thumbs.py 9f8e7d…``)."""
+
+    def short(value: str) -> str:
+        return value[:12] + "…" if len(value) == 64 and all(c in "0123456789abcdef" for c in value) else value
+
+    def text(identity: dict[str, str], keys: list[str]) -> str:
+        return ", ".join(f"{k} {short(identity[k])}" for k in keys if k in identity) or "none"
+
+    if not old:
+        return f"unknown -> {_identity_text(new)}"
+    keys = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    return f"{text(old, keys)} -> {text(new, keys)}"
+
+
+def _is_builtin(spec: PipelineSpec) -> bool:
+    from alarmsieve.stages.registry import builtin_stage_of
+
+    return builtin_stage_of(spec.transform.cmd) is not None
+
+
 @functools.lru_cache(maxsize=256)
 def _parsed_spec(spec_json: str, source: str) -> PipelineSpec:
     return parse_spec(json.loads(spec_json), source=source)
@@ -165,6 +190,7 @@ class Pps:
         update: bool = False,
         reprocess: bool = False,
         identity: dict[str, str] | None = None,
+        code_dir: Path | None = None,
     ) -> tuple[int, str]:
         """Create (or with ``update``, version) a pipeline. Returns (version, what happened).
 
@@ -172,7 +198,12 @@ class Pps:
         sha256); a change in either is a new version, the same spec and identity again is "unchanged".
         An update keeps the datum salt, so only new data meets the new version; ``reprocess`` draws a
         new salt, so every datum's hash changes and all of them run again.
+
+        ``code_dir`` is the folder the spec was created from: the local files a foreign transform names
+        (``python3 thumbs.py``) resolve there and their sha256 join the identity (``pps.code``).
         """
+        if code_dir is not None and not _is_builtin(spec):
+            identity = (identity or {}) | code_identity(spec.transform.cmd, spec.transform.stdin, code_dir)
         for cron in spec.cron_inputs():  # Pachyderm makes a cron input's repo with the pipeline
             if not self.pfs.repo_exists(cron.repo):
                 self.pfs.create_repo(cron.repo, description=f"ticks of cron input {cron.name} ({cron.spec})")
@@ -209,10 +240,7 @@ class Pps:
                 if current is None or current.fingerprint != fingerprint:
                     causes.append("spec changed")
                 if new_identity != old_identity:
-                    causes.append(
-                        f"stage code or model changed ({_identity_text(old_identity) or 'unknown'} -> "
-                        f"{_identity_text(new_identity)})"
-                    )
+                    causes.append(f"stage code or model changed ({_identity_change(old_identity, new_identity)})")
                 if reprocess:
                     causes.append("reprocess: every datum runs again")
                 if not causes:
@@ -260,7 +288,8 @@ class Pps:
             known = json.loads(v.identity or "{}")
         if known == identity:
             return version, "unchanged"
-        if not known:
+        known_workers, known_code = split_identity(known)
+        if not known or (not known_workers and known_code == split_identity(identity)[1]):
             with self.session() as s, s.begin():
                 row = s.get(PipelineVersionRow, (name, version))
                 assert row is not None
@@ -268,6 +297,36 @@ class Pps:
             return version, "recorded"
         spec = self.get_spec(name, version)[0]
         return self.create_pipeline(spec, update=True, identity=identity)
+
+    def identity_of(self, name: str, version: int) -> dict[str, str]:
+        with self.session() as s:
+            v = s.get(PipelineVersionRow, (name, version))
+            if v is None:
+                raise PpsError(f"pipeline {name!r} has no version {version}")
+            return json.loads(v.identity or "{}")
+
+    def code_dir(self, name: str, version: int) -> Path | None:
+        """The folder the version's spec was created from, where its relative script names resolve."""
+        recorded = self.identity_of(name, version).get(CODE_DIR_KEY)
+        return Path(recorded) if recorded else None
+
+    def current_code_identity(self, name: str, version: int, spec: PipelineSpec) -> dict[str, str] | None:
+        """The local code files of a foreign transform as they are now on disk (None for a built-in stage)."""
+        if _is_builtin(spec):
+            return None
+        base = self.code_dir(name, version)
+        code = code_identity(spec.transform.cmd, spec.transform.stdin, base)
+        if base is not None:
+            code[CODE_DIR_KEY] = str(base)  # kept even when its files are gone, to look there again
+        return code
+
+    def record_code_identity(self, name: str, version: int, code: dict[str, str]) -> tuple[int, str]:
+        """A new version when the transform's code files changed since ``version`` was recorded."""
+        known = self.identity_of(name, version)
+        workers, known_code = split_identity(known)
+        if known_code == code:
+            return version, "unchanged"
+        return self.record_identity(name, version, workers | code)
 
     def versions(self, name: str) -> list[VersionInfo]:
         """Every version of a pipeline, oldest first, with its spec, identity and why it was made."""
@@ -366,6 +425,7 @@ class Pps:
                 state=state,
                 reason=row.reason or "",
                 identity=json.loads(current.identity or "{}") if current else {},
+                code_files=fingerprinted_files(json.loads(current.identity or "{}")) if current else {},
                 input_repos=spec.input_repos(),
                 glob=[leaf.glob for leaf in spec.input.pfs_inputs()],
                 parallelism=spec.parallelism_spec.workers(_cpu_count()),

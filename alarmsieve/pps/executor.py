@@ -227,7 +227,8 @@ class WorkerPool:
                         result = None  # type: ignore[assignment]
                     if result is not None:
                         task = slot.task
-                        if result.ok or result.recovered:  # recovered by err_cmd: final, not retried
+                        # recovered by err_cmd, or a failure another attempt would repeat: final, not retried
+                        if result.ok or result.recovered or result.final:
                             self.consecutive_deaths = 0
                             on_result(result, task.attempt)
                         else:

@@ -45,10 +45,13 @@ class WorkerStatus(BaseModel):
 
 
 class PipelineStatus(BaseModel):
+    """One pipeline's health: the one model `status`, `GET /api/v1/status` and the dashboard's /system render."""
+
     name: str
     version: int
     state: str  # running | paused | failing | crashing
     reason: str
+    parallelism: int = 1  # workers the spec asks for
     workers_alive: int
     workers_busy: int
     restarts: int
@@ -157,6 +160,7 @@ class Operations:
                         version=row.version,
                         state=state,
                         reason=reason,
+                        parallelism=self._parallelism(row.name),
                         workers_alive=sum(1 for w in mine if w.alive),
                         workers_busy=sum(1 for w in mine if w.alive and w.state == "busy"),
                         restarts=sum(w.restarts for w in mine if w.state in ("idle", "busy")),
@@ -172,6 +176,12 @@ class Operations:
         return StatusReport(
             at=datetime.now(UTC), pipelines=pipelines, workers=workers, notifications=notes, problems=problems
         )
+
+    def _parallelism(self, name: str) -> int:
+        try:
+            return self.pps.get_spec(name)[0].parallelism_spec.workers(os.cpu_count() or 1)
+        except PpsError:  # deleted between the two reads
+            return 0
 
     def _notification_counts(self) -> NotificationCounts:
         from alarmsieve.notify.ledger import NotificationRecord

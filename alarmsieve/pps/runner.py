@@ -211,6 +211,7 @@ class Runner:
                     del self.pools[(other, other_version)]
             run_id = uuid.uuid4().hex[:6]
             spawned: dict[int, int] = {}
+            code_dir = self.pps.code_dir(name, version)
 
             def make_config(index: int) -> WorkerConfig:
                 # a replacement worker gets its own id (…-r1, -r2), so logs and status tell them apart
@@ -232,6 +233,7 @@ class Runner:
                     model_cache=self.paths.model_cache,
                     err_cmd=list(spec.transform.err_cmd),
                     err_stdin=list(spec.transform.err_stdin),
+                    code_dir=code_dir,
                 )
 
             timeout = spec.datum_timeout.total_seconds() if spec.datum_timeout else None
@@ -334,6 +336,13 @@ class Runner:
         if commits is None:
             return None
         commit_ids = {k: c.id for k, c in commits.items()}
+        # A local transform's scripts are part of its version: looked at again whenever a job is planned.
+        code = self.pps.current_code_identity(name, version, spec)
+        if code is not None:
+            version, what = self.pps.record_code_identity(name, version, code)
+            if what != "unchanged":
+                log.info("pipeline %s: %s (version %d)", name, what, version)
+                spec, version, salt, state = self.pps.get_spec(name, version)
         with self.pfs.session() as s:
             row = s.get(PipelineRow, name)
             pending = row.pending if row is not None else ""
@@ -363,7 +372,7 @@ class Runner:
                     row.pending = ""
         # The workers report what they run (stage code version, model sha256): a change is a new version.
         try:
-            identity = self.pool_for(name, version, spec).identity()
+            identity = self.pool_for(name, version, spec).identity() | (code or {})
         except WorkerStartError as exc:
             broken = self.pools.pop((name, version), None)
             if broken is not None:

@@ -291,6 +291,23 @@ class BurstRule(_Strict):
     flicker: Literal["keep", "dismiss"] | None = None
 
 
+def _parse_detectors(value: Any) -> Any:
+    # `detectors: yolox-nano, picodet-s-416` (one string) is as good as a YAML list
+    return [n.strip() for n in value.split(",") if n.strip()] if isinstance(value, str) else value
+
+
+def _check_detector_list(value: list[str]) -> list[str]:
+    if not value:
+        raise ValueError("name at least one detector, or remove `detectors:` to inherit the set")
+    if len(set(value)) != len(value):
+        raise ValueError(f"a detector is named twice: {', '.join(value)}")
+    return value
+
+
+# Detector set (catalogue names, checked in load_rules): the detect stage fuses their boxes.
+DetectorNames = Annotated[list[str], BeforeValidator(_parse_detectors), AfterValidator(_check_detector_list)]
+
+
 def _none_is_empty(value: Any) -> Any:
     # `gate-2:` with nothing under it is an empty override, not an error.
     return {} if value is None else value
@@ -308,6 +325,7 @@ class RuleBlock(_Strict):
     min_count: Count | None = None
     schedule: Schedule | None = None
     burst: Annotated[BurstRule, BeforeValidator(_none_is_empty)] | None = None
+    detectors: DetectorNames | None = None
 
     @model_validator(mode="after")
     def _band(self) -> RuleBlock:
@@ -332,6 +350,8 @@ class ZoneBlock(RuleBlock):
     def _no_burst(self) -> ZoneBlock:
         if self.burst is not None:
             raise ValueError("burst is set per camera (or site, group, defaults), not per zone; move it up")
+        if self.detectors is not None:
+            raise ValueError("detectors run on the whole frame: set them per camera (or site, group, defaults)")
         return self
 
 
@@ -630,6 +650,18 @@ class RuleSet(_Strict):
             self._effective[camera] = eff
         return eff
 
+    def detectors_for(self, camera: str) -> list[str] | None:
+        """The detector set of a camera: camera < group < site < defaults, the nearest that sets one;
+        None when no layer does (the detect stage's ``--detectors`` then decide)."""
+        block = self.cameras.get(camera)
+        layers: list[RuleBlock | None] = [block]
+        if block is not None and block.group:
+            layers.append(self.groups.get(block.group))
+        if block is not None and block.site:
+            layers.append(self.sites.get(block.site))
+        layers.append(self.defaults)
+        return next((list(b.detectors) for b in layers if b is not None and b.detectors is not None), None)
+
     def arming_for(self, camera: str) -> ArmingState | None:
         """The operator's arming state nearest to the camera (camera beats site), active or not."""
         found = self.arming.get(f"cameras/{camera}")
@@ -898,6 +930,23 @@ def _check_labels(file: str, root: Node | None, rf: RuleFile, allowed: list[str]
             )
 
 
+def _check_detectors(file: str, root: Node | None, rf: RuleFile, known: list[str]) -> None:
+    for prefix, block in _blocks_of(rf):
+        for name in block.detectors or []:
+            if name in known:
+                continue
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            loc = (*prefix, "detectors")
+            raise RulesError(
+                file,
+                _line_of(root, loc),
+                ".".join(loc),
+                f"unknown detector {name!r}{hint}",
+                f"use detectors of the catalogue: {', '.join(known)}",
+            )
+
+
 def _validate(file: str, root: Node | None, model: type[BaseModel], data: Any) -> Any:
     try:
         return model.model_validate(data)
@@ -912,15 +961,23 @@ def _is_arming(file: str) -> bool:
 NOT_RULES = frozenset({"notify.yaml", "notify.yml"})
 
 
-def load_rules(files: Mapping[str, bytes], *, known_labels: Collection[str]) -> RuleSet:
+def load_rules(
+    files: Mapping[str, bytes], *, known_labels: Collection[str], known_detectors: Collection[str] | None = None
+) -> RuleSet:
     """Merge every ``*.yaml``/``*.yml`` of a rules repo (path -> content) into one :class:`RuleSet`.
 
     Raises :class:`RulesError` naming file, line and field on any problem, including a camera (or
     ``defaults``, a site, a group) defined in two files, labels outside ``known_labels`` (the
     detector's labels), a camera naming a site or group that no file defines, and an arming file
-    (``arming/*.yaml``) for an unknown site.
+    (``arming/*.yaml``) for an unknown site, and ``detectors:`` naming a detector outside
+    ``known_detectors`` (default: the model catalogue, ``vision.models.CATALOGUE``).
     """
     allowed = list(dict.fromkeys(known_labels))
+    if known_detectors is None:
+        from alarmsieve.vision.models import CATALOGUE  # late: the catalogue is data, not a dependency of rules
+
+        known_detectors = CATALOGUE
+    detectors = list(known_detectors)
     defaults: RuleBlock | None = None
     tables: dict[str, dict[str, Any]] = {"cameras": {}, "sites": {}, "groups": {}}
     origins: dict[str, str] = {}
@@ -944,6 +1001,7 @@ def load_rules(files: Mapping[str, bytes], *, known_labels: Collection[str]) -> 
             continue
         rf: RuleFile = _validate(file, root, RuleFile, data)
         _check_labels(file, root, rf, allowed)
+        _check_detectors(file, root, rf, detectors)
         if rf.defaults is not None:
             if DEFAULTS_PATH in origins:
                 raise RulesError(

@@ -39,23 +39,62 @@ from alarmsieve.stages.records import (
     ModelRef,
 )
 from alarmsieve.vision.annotate import annotate, encode_jpeg
-from alarmsieve.vision.detector import Detection, choose_providers, create_detector
-from alarmsieve.vision.models import CATALOGUE, locate_model
+from alarmsieve.vision.detector import DEFAULT_SCORE_FLOOR, Detection, choose_providers, create_detector
+from alarmsieve.vision.ensemble import DEFAULT_FUSION_IOU, Ensemble, describe
+from alarmsieve.vision.models import CATALOGUE, ResolvedModel, locate_model
 from alarmsieve.vision.tiling import TiledDetector, TilingConfig
 
 THREAT_HIGHLIGHT = {"person", "car", "truck", "bus", "motorcycle", "bicycle"}
 
 
+def _names(value: str) -> list[str]:
+    return [n.strip() for n in value.split(",") if n.strip()]
+
+
 class DetectStage(Stage):
     name = "detect"
 
-    def __init__(self, args: list[str], services: StageServices) -> None:
-        super().__init__(args, services)
-        parser = argparse.ArgumentParser(prog="alarmsieve stage detect", exit_on_error=False)
-        parser.add_argument("--model", default="yolox-nano", help="catalogue name or path of an ONNX file")
-        parser.add_argument("--score-threshold", type=float, default=0.25)
-        parser.add_argument("--nms-iou", type=float, default=0.45)
-        parser.add_argument("--threads", type=int, default=1)
+    @staticmethod
+    def argument_parser() -> argparse.ArgumentParser:
+        """Every option of the stage (``alarmsieve stage detect --help`` prints it)."""
+        parser = argparse.ArgumentParser(
+            prog="alarmsieve stage detect",
+            description="Detect objects in every usable alarm image; write detections.json and annotated.jpg.",
+            exit_on_error=False,
+        )
+        parser.add_argument(
+            "--model",
+            default="yolox-nano",
+            help="catalogue name or path of a YOLOX ONNX file, when --detectors is not given (default: yolox-nano)",
+        )
+        parser.add_argument(
+            "--detectors",
+            default=None,
+            metavar="NAME[,NAME...]",
+            help="catalogue detectors run on every frame and fused into one list of boxes (weighted box fusion); "
+            f"known: {', '.join(CATALOGUE)} (default: --model)",
+        )
+        parser.add_argument(
+            "--score-threshold",
+            type=float,
+            default=0.25,
+            help="report boxes scoring at least this (after fusion and tiling; default 0.25)",
+        )
+        parser.add_argument(
+            "--score-floor",
+            type=float,
+            default=DEFAULT_SCORE_FLOOR,
+            help=f"each detector's raw candidates start here; fusion and the tiling doubt see them "
+            f"(default {DEFAULT_SCORE_FLOOR})",
+        )
+        parser.add_argument("--nms-iou", type=float, default=0.45, help="class-aware NMS overlap (default 0.45)")
+        parser.add_argument(
+            "--fusion-iou",
+            type=float,
+            default=DEFAULT_FUSION_IOU,
+            help=f"boxes of several detectors overlapping this much are one object (default {DEFAULT_FUSION_IOU})",
+        )
+        parser.add_argument("--threads", type=int, default=1, help="onnxruntime threads per detector (default 1)")
         parser.add_argument(
             "--device", default="auto", help="auto (CUDA when onnxruntime-gpu and a GPU are there), cpu or cuda"
         )
@@ -72,7 +111,9 @@ class DetectStage(Stage):
         parser.add_argument(
             "--tile-max", type=int, default=2, help="at most this many tiles (tiles grow to fit); 0: no cap"
         )
-        parser.add_argument("--tile-auto-min-side", type=int, default=1000)
+        parser.add_argument(
+            "--tile-auto-min-side", type=int, default=1000, help="auto: tile frames this large (default 1000)"
+        )
         parser.add_argument(
             "--tile-doubt-below",
             type=float,
@@ -80,34 +121,39 @@ class DetectStage(Stage):
             help="auto: also tile a frame whose whole-frame pass found a --tile-doubt-labels object under this "
             "score (0: never)",
         )
+        parser.add_argument(
+            "--tile-doubt-from",
+            type=float,
+            default=0.25,
+            help="auto: ... and at least this score; raw candidates, whatever --score-threshold (default 0.25)",
+        )
         parser.add_argument("--tile-doubt-labels", default="person", help="comma-separated labels worth a closer look")
+        return parser
+
+    def __init__(self, args: list[str], services: StageServices) -> None:
+        super().__init__(args, services)
+        if "-h" in args or "--help" in args:
+            raise StageUsageError("detect: --help is not a pipeline argument; run `alarmsieve stage detect --help`")
         try:
-            opts = parser.parse_args(args)
+            opts = self.argument_parser().parse_args(args)
         except (argparse.ArgumentError, SystemExit) as exc:
             raise StageUsageError(f"detect: bad arguments {args}: {exc}") from exc
         cv2.setNumThreads(1)  # one worker per core: no oversubscription
-        explicit = None if opts.model in CATALOGUE else Path(opts.model)
-        model = locate_model(
-            "yolox-nano" if explicit else opts.model,
-            explicit_path=explicit,
-            model_dir=services.model_dir,
-            cache_dir=services.model_cache,
-            allow_download=os.environ.get("ALARMSIEVE_OFFLINE", "") not in ("1", "true", "yes"),
-        )
+        names = self._detector_names(opts)
         try:
             providers = choose_providers(opts.device)
-        except ValueError as exc:
-            raise StageUsageError(f"detect: {exc}") from exc
-        self.detector = create_detector(
-            "onnx",
-            model=model,
-            score_floor=opts.score_threshold,  # interim: raw candidates + report threshold come next
-            nms_iou=opts.nms_iou,
-            threads=opts.threads,
-            providers=providers,
-        )
-        self.model_ref = ModelRef(name=model.entry.name, sha256=model.sha256)
-        try:
+            backends = [
+                create_detector(
+                    "onnx",
+                    model=self._locate(name, opts.model, services),
+                    score_floor=opts.score_floor,
+                    nms_iou=opts.nms_iou,
+                    threads=opts.threads,
+                    providers=providers,
+                )
+                for name in names
+            ]
+            self.detector = Ensemble(backends, fusion_iou=opts.fusion_iou)
             self.tiling = TilingConfig(
                 mode=opts.tiling,
                 cameras=opts.tile_cameras.split(","),
@@ -118,16 +164,52 @@ class DetectStage(Stage):
                 nms_iou=opts.nms_iou,
                 doubt_labels=opts.tile_doubt_labels.split(","),
                 doubt_below=opts.tile_doubt_below,
+                doubt_from=opts.tile_doubt_from,
             )
+            self.tiled = TiledDetector(self.detector, self.tiling, score_threshold=opts.score_threshold)
         except ValidationError as exc:
             raise StageUsageError(f"detect: bad tiling arguments {args}: {exc}") from exc
-        self.tiled = TiledDetector(self.detector, self.tiling)
+        except ValueError as exc:
+            raise StageUsageError(f"detect: {exc}") from exc
+        self.model_refs = [ModelRef(name=n, sha256=sha) for n, sha in self.detector.models]
+        self.model_ref = self.model_refs[0]  # DetectionsRecord.model: the first (the only one, by default)
         self.share_detections = False  # the API's fast path: leave the boxes for the pipeline's worker
         self._shared_dir = services.workspace / "cache" / "detections" if services.workspace else None
         self._prune_shared()
 
+    @staticmethod
+    def _detector_names(opts: argparse.Namespace) -> list[str]:
+        if opts.detectors is None:
+            return [opts.model]
+        if opts.model != "yolox-nano":
+            raise StageUsageError("detect: give --detectors or --model, not both (--model is one detector)")
+        names = _names(opts.detectors)
+        unknown = [n for n in names if n not in CATALOGUE]
+        if not names or unknown:
+            raise StageUsageError(
+                f"detect: unknown detector {unknown[0] if unknown else '(none)'!r} in --detectors; "
+                f"known detectors: {', '.join(CATALOGUE)}"
+            )
+        if len(set(names)) != len(names):
+            raise StageUsageError(f"detect: --detectors names a detector twice: {opts.detectors}")
+        return names
+
+    @staticmethod
+    def _locate(name: str, model_opt: str, services: StageServices) -> ResolvedModel:
+        explicit = None if name in CATALOGUE else Path(model_opt)  # --model PATH: a custom YOLOX file
+        return locate_model(
+            "yolox-nano" if explicit else name,
+            explicit_path=explicit,
+            model_dir=services.model_dir,
+            cache_dir=services.model_cache,
+            allow_download=os.environ.get("ALARMSIEVE_OFFLINE", "") not in ("1", "true", "yes"),
+        )
+
     def identity(self) -> dict[str, str]:
         ids = {**super().identity(), "model": self.model_ref.name, "model_sha256": self.model_ref.sha256}
+        if len(self.model_refs) > 1:  # one detector keeps the identity it always had: no new pipeline version
+            ids["models"] = ",".join(f"{m.name}@{m.sha256}" for m in self.model_refs)
+            ids["fusion"] = f"wbf iou {self.detector.fusion_iou:g}"
         if self.tiling.mode != "off" or self.tiling.cameras:
             t = self.tiling
             ids["tiling"] = t.mode + (f" cameras {','.join(t.cameras)}" if t.cameras else "")
@@ -153,7 +235,12 @@ class DetectStage(Stage):
         self, folder: Path, meta: AlarmMeta, ctx: DatumContext
     ) -> tuple[DetectionsRecord, np.ndarray | None]:
         """The detections record, and the decoded image when there is one to annotate."""
-        base = {"meta": meta, "model": self.model_ref, "pipeline_version": ctx.pipeline_version}
+        base = {
+            "meta": meta,
+            "model": self.model_ref,
+            "models": self.model_refs,
+            "pipeline_version": ctx.pipeline_version,
+        }
         if meta.status == "rejected" or not meta.image_file:
             return DetectionsRecord(**base, status="rejected", reason=meta.reason), None
         image = None
@@ -178,7 +265,7 @@ class DetectStage(Stage):
         ctx.log.info(
             "alarm %s: %s in %.1f ms%s",
             meta.alarm,
-            ", ".join(f"{d.label} {d.score:.2f}" for d in found) or "nothing",
+            ", ".join(self._describe(d) for d in found) or "nothing",
             elapsed,
             f" (whole frame + {tiles} tiles: {why_tiled})" if tiles else "",
         )
@@ -186,10 +273,15 @@ class DetectStage(Stage):
             **base,
             status=meta.status,
             reason=meta.reason,
-            detections=[BoxRecord(label=d.label, score=d.score, box=d.box) for d in found],
+            detections=[BoxRecord(label=d.label, score=d.score, box=d.box, sources=d.sources) for d in found],
             inference_ms=round(elapsed, 2),
         )
         return record, image
+
+    def _describe(self, d: Detection) -> str:
+        if len(self.model_refs) == 1:
+            return f"{d.label} {d.score:.2f}"
+        return describe(d, [m.name for m in self.model_refs])
 
     def _prune_shared(self, max_age_s: float = 86400.0) -> None:
         """Boxes the pipeline never came for (its version changed meanwhile) go after a day."""
@@ -227,7 +319,7 @@ class DetectStage(Stage):
     def _leave_shared(path: Path | None, found: list[Detection], ms: float, tiles: int, why_tiled: str) -> None:
         if path is None:
             return
-        boxes = [BoxRecord(label=d.label, score=d.score, box=d.box).model_dump() for d in found]
+        boxes = [BoxRecord(label=d.label, score=d.score, box=d.box, sources=d.sources).model_dump() for d in found]
         doc = {"boxes": boxes, "ms": ms, "tiles": tiles, "why_tiled": why_tiled}
         path.parent.mkdir(parents=True, exist_ok=True)
         temp = path.with_suffix(f".{os.getpid()}.tmp")
@@ -246,4 +338,4 @@ def _as_detection(box: BoxRecord) -> Detection:
     from alarmsieve.vision.models import COCO_LABELS
 
     class_id = COCO_LABELS.index(box.label) if box.label in COCO_LABELS else -1
-    return Detection(label=box.label, class_id=class_id, score=box.score, box=box.box)
+    return Detection(label=box.label, class_id=max(class_id, 0), score=box.score, box=box.box, sources=box.sources)

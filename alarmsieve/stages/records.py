@@ -98,15 +98,19 @@ class BoxRecord(Record):
     label: str
     score: float
     box: tuple[float, float, float, float]
+    # the detectors that saw this box, with their raw scores (highest first); older records have none
+    sources: dict[str, float] = {}
 
 
 class DetectionsRecord(Record):
-    """Written by ``detect``."""
+    """Written by ``detect``. ``models``: every detector that ran, with its sha256 (fused into one list
+    of boxes when several); ``model``: the first of them, kept for readers of older records."""
 
     meta: AlarmMeta
     status: AlarmStatus
     reason: str = ""
     model: ModelRef | None = None
+    models: list[ModelRef] = []
     detections: list[BoxRecord] = []
     inference_ms: float | None = None
     pipeline_version: str = ""

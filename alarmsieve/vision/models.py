@@ -86,6 +86,10 @@ class Calibration(BaseModel):
         xs, ys = zip(*self.points, strict=True)
         return float(np.interp(raw, xs, ys))
 
+    def apply_many(self, raw: np.ndarray) -> np.ndarray:
+        xs, ys = zip(*self.points, strict=True)
+        return np.interp(raw, xs, ys)
+
 
 class ModelEntry(BaseModel):
     """One downloadable model, pinned by content hash so that every worker runs the same bytes."""

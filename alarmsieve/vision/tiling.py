@@ -8,8 +8,13 @@ edge is dropped when most of it lies inside a same-label box found elsewhere (th
 the same person), so one object gives one box.
 
 ``auto`` tiles large frames, and any frame whose whole-frame pass found a doubtful threat: a ``person``
-scoring at or above the detector's floor but under ``doubt_below`` (the alert threshold) gets a second,
-closer look. Most frames (nothing doubtful) cost one pass; a doubtful one costs ``max_tiles + 1``.
+scoring from ``doubt_from`` (0.25) up to ``doubt_below`` (the alert threshold) gets a second, closer
+look. Most frames (nothing doubtful) cost one pass; a doubtful one costs ``max_tiles + 1``.
+
+Doubt is decided on the detector's raw candidates (every backend returns all it sees above a low
+floor), never on what is left after the reporting threshold: with ``--score-threshold 0.45`` a person
+at 0.3 on the whole frame must still earn the frame its closer look (issue 14 §5). ``score_threshold``
+is applied last, to what is reported.
 
 ``plan_tiles`` decides the layout; ``TiledDetector`` wraps any ``DetectorBackend``.
 """
@@ -50,6 +55,8 @@ class TilingConfig(BaseModel):
     doubt_labels: list[str] = ["person"]
     # the default alert threshold: a person found at 0.25..0.5 is worth a closer look
     doubt_below: float = Field(default=0.5, ge=0.0, le=1.0)
+    # under this a raw candidate is noise, not doubt (the old reporting floor: same frames get tiled)
+    doubt_from: float = Field(default=0.25, ge=0.0, le=1.0)
 
     @model_validator(mode="after")
     def _cameras_need_no_mode(self) -> TilingConfig:
@@ -61,7 +68,7 @@ class TilingConfig(BaseModel):
         """In ``auto`` mode, the whole-frame detection that makes the frame doubtful (None: none)."""
         if self.mode != "auto":
             return None
-        found = [d for d in whole if d.label in self.doubt_labels and d.score < self.doubt_below]
+        found = [d for d in whole if d.label in self.doubt_labels and self.doubt_from <= d.score < self.doubt_below]
         return max(found, key=lambda d: d.score) if found else None
 
     def wanted(self, camera: str | None, width: int, height: int) -> bool:
@@ -112,9 +119,21 @@ def _area(box: np.ndarray) -> np.ndarray:
 class TiledDetector(DetectorBackend):
     """Any detector, run on the whole frame and on overlapping tiles; class-aware NMS merges the boxes."""
 
-    def __init__(self, base: DetectorBackend, config: TilingConfig | None = None, *, input_size: int | None = None):
+    def __init__(
+        self,
+        base: DetectorBackend,
+        config: TilingConfig | None = None,
+        *,
+        input_size: int | None = None,
+        score_threshold: float | None = None,
+    ):
+        """``score_threshold``: report only boxes scoring at least this (None: all the base returns);
+        doubt and merging see every raw candidate first."""
+        if score_threshold is not None and not 0.0 <= score_threshold <= 1.0:
+            raise ValueError(f"score_threshold must be within [0, 1], got {score_threshold}")
         self.base = base
         self.config = config or TilingConfig(mode="on")
+        self.score_threshold = score_threshold
         self.model_name = base.model_name
         self.model_sha256 = base.model_sha256
         self.input_size = input_size or int(getattr(base, "input_size", 416))
@@ -127,7 +146,16 @@ class TiledDetector(DetectorBackend):
             width, height, tile_size=c.tile_size or self.input_size, overlap=c.overlap, max_tiles=c.max_tiles
         )
 
+    def _reported(self, found: list[Detection]) -> list[Detection]:
+        if self.score_threshold is None:
+            return found
+        return [d for d in found if d.score >= self.score_threshold]
+
     def detect(self, image_bgr: np.ndarray, camera: str | None = None) -> list[Detection]:
+        return self._reported(self.detect_raw(image_bgr, camera))
+
+    def detect_raw(self, image_bgr: np.ndarray, camera: str | None = None) -> list[Detection]:
+        """Every candidate of the whole frame and (when tiled) the tiles, merged; nothing thresholded."""
         check_bgr(image_bgr)
         h, w = image_bgr.shape[:2]
         whole = self.base.detect(image_bgr)
@@ -199,6 +227,7 @@ def merge_detections(
     kept = [whole[i] for i in _nms(whole, nms_iou)]
     kept_boxes = [np.array(d.box, dtype=np.float64) for d in kept]
     scores = [d.score for d in kept]
+    sources = [dict(d.sources) for d in kept]
     cuts = [d for d, cut in found if cut]
     extra: list[Detection] = []
     for i in _nms(cuts, nms_iou):
@@ -210,9 +239,14 @@ def merge_detections(
                 _iou(box, kept_boxes[j]) >= nms_iou or _inside(box, kept_boxes[j]) >= contain
             ):
                 scores[j] = max(scores[j], frag.score)
+                for model, raw in frag.sources.items():  # the models that saw the fragment saw the object
+                    sources[j][model] = max(sources[j].get(model, 0.0), raw)
                 absorbed = True
                 break
         if not absorbed:
             extra.append(frag)
-    merged = [d if d.score == s else d.model_copy(update={"score": s}) for d, s in zip(kept, scores, strict=True)]
+    merged = [
+        d if d.score == s and d.sources == src else d.model_copy(update={"score": s, "sources": src})
+        for d, s, src in zip(kept, scores, sources, strict=True)
+    ]
     return sorted(merged + extra, key=lambda d: -d.score)

@@ -156,14 +156,15 @@ def to_detections(
     score_floor: float,
     nms_iou: float,
 ) -> list[Detection]:
-    """Candidates (xyxy in input pixels) -> detections at or above the floor, after class-aware NMS,
-    in frame pixels, clipped to the frame, highest score first."""
+    """Candidates (xyxy in input pixels) -> detections at or above the floor, in frame pixels, clipped
+    to the frame, after class-aware NMS (on the clipped boxes: what is reported never overlaps more than
+    ``nms_iou``), highest score first."""
     keep = scores >= score_floor
-    boxes_xyxy, scores, class_ids = boxes_xyxy[keep], scores[keep], class_ids[keep]
-    idx = nms_indices(boxes_xyxy, scores, class_ids, nms_iou)
-    boxes = placement.to_frame(boxes_xyxy[idx]) if len(idx) else np.zeros((0, 4))
+    boxes, scores, class_ids = placement.to_frame(boxes_xyxy[keep]), scores[keep], class_ids[keep]
     boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, width)
     boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, height)
+    idx = nms_indices(boxes, scores, class_ids, nms_iou)
+    boxes = boxes[idx]
     detections = []
     for box, score, cid in zip(boxes, scores[idx], class_ids[idx], strict=True):
         if box[2] - box[0] < 1 or box[3] - box[1] < 1:

@@ -12,51 +12,28 @@ of a level is the one whose grid ``ceil(input / stride)`` squared has that many 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
 from alarmsieve.vision.backends.base import (
-    DEFAULT_NMS_IOU,
-    DEFAULT_SCORE_FLOOR,
     Detection,
-    DetectorBackend,
     check_bgr,
-    check_options,
     prepare,
     to_detections,
 )
-from alarmsieve.vision.backends.session import open_session
+from alarmsieve.vision.backends.session import OnnxBackend
 from alarmsieve.vision.models import ResolvedModel
 
 _BINS = 8  # reg_max + 1
 _STRIDE_CHOICES = (8, 16, 32, 64, 128)
 
 
-class GflBackend(DetectorBackend):
+class GflBackend(OnnxBackend):
     """NanoDet / PicoDet-S on onnxruntime: resize as the catalogue says, decode the distance bins, NMS."""
 
-    def __init__(
-        self,
-        model: ResolvedModel,
-        *,
-        score_floor: float = DEFAULT_SCORE_FLOOR,
-        nms_iou: float = DEFAULT_NMS_IOU,
-        threads: int = 1,
-        providers: list[str] | None = None,
-        strip_weights: bool = True,
-    ) -> None:
-        check_options(score_floor, nms_iou, threads)
-        self.model_name = model.entry.name
-        self.model_sha256 = model.sha256
-        self.labels = model.entry.label_names
-        self.preprocess = model.entry.preprocess
-        self.score_floor = score_floor
-        self.nms_iou = nms_iou
-        self._session = open_session(model.path, threads=threads, providers=providers, strip_weights=strip_weights)
-        self.providers = self._session.get_providers()
-        inp = self._session.get_inputs()[0]
-        self._input_name = inp.name
-        self.input_size = inp.shape[2] if isinstance(inp.shape[2], int) else model.entry.input_size
+    def __init__(self, model: ResolvedModel, **options: Any) -> None:
+        super().__init__(model, **options)
 
         outputs = self._session.get_outputs()
         n_classes = len(self.labels)

@@ -8,43 +8,24 @@ rows are what the NMS kept). Class-aware NMS runs once more so every backend's o
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from alarmsieve.vision.backends.base import (
-    DEFAULT_NMS_IOU,
-    DEFAULT_SCORE_FLOOR,
     IDENTITY_PLACEMENT,
     Detection,
-    DetectorBackend,
     check_bgr,
-    check_options,
     prepare,
     to_detections,
 )
-from alarmsieve.vision.backends.session import open_session
+from alarmsieve.vision.backends.session import OnnxBackend
 from alarmsieve.vision.models import ResolvedModel
 
 
-class PaddleNmsBackend(DetectorBackend):
-    def __init__(
-        self,
-        model: ResolvedModel,
-        *,
-        score_floor: float = DEFAULT_SCORE_FLOOR,
-        nms_iou: float = DEFAULT_NMS_IOU,
-        threads: int = 1,
-        providers: list[str] | None = None,
-        strip_weights: bool = True,
-    ) -> None:
-        check_options(score_floor, nms_iou, threads)
-        self.model_name = model.entry.name
-        self.model_sha256 = model.sha256
-        self.labels = model.entry.label_names
-        self.preprocess = model.entry.preprocess
-        self.score_floor = score_floor
-        self.nms_iou = nms_iou
-        self._session = open_session(model.path, threads=threads, providers=providers, strip_weights=strip_weights)
-        self.providers = self._session.get_providers()
+class PaddleNmsBackend(OnnxBackend):
+    def __init__(self, model: ResolvedModel, **options: Any) -> None:
+        super().__init__(model, **options)
         names = {i.name: i for i in self._session.get_inputs()}
         if set(names) != {"image", "scale_factor"}:
             raise RuntimeError(f"{self.model_name}: inputs {sorted(names)}, expected image and scale_factor")
@@ -58,7 +39,7 @@ class PaddleNmsBackend(DetectorBackend):
         scale = np.array([[placement.scale_y, placement.scale_x]], dtype=np.float32)
         rows = self._session.run(None, {"image": blob, "scale_factor": scale})[0].reshape(-1, 6)
         class_ids = rows[:, 0].astype(np.int64)
-        valid = (class_ids >= 0) & (class_ids < len(self.labels))  # Paddle pads an empty result with class -1
+        valid = (class_ids >= 0) & (class_ids < len(self.labels))  # a padding row (class -1) is not an object
         rows, class_ids = rows[valid], class_ids[valid]
         return to_detections(
             rows[:, 2:6],

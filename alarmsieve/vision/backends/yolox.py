@@ -7,49 +7,27 @@ wh = exp(wh) * stride; score = objectness * best class score.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from alarmsieve.vision.backends.base import (
-    DEFAULT_NMS_IOU,
-    DEFAULT_SCORE_FLOOR,
     Detection,
-    DetectorBackend,
     check_bgr,
-    check_options,
     prepare,
     to_detections,
 )
-from alarmsieve.vision.backends.session import open_session
+from alarmsieve.vision.backends.session import OnnxBackend
 from alarmsieve.vision.models import ResolvedModel
 
 _STRIDES = (8, 16, 32)
 
 
-class YoloxBackend(DetectorBackend):
+class YoloxBackend(OnnxBackend):
     """A YOLOX export on onnxruntime: letterbox, one forward pass, decode, class-aware NMS."""
 
-    def __init__(
-        self,
-        model: ResolvedModel,
-        *,
-        score_floor: float = DEFAULT_SCORE_FLOOR,
-        nms_iou: float = DEFAULT_NMS_IOU,
-        threads: int = 1,
-        providers: list[str] | None = None,
-        strip_weights: bool = True,
-    ) -> None:
-        check_options(score_floor, nms_iou, threads)
-        self.model_name = model.entry.name
-        self.model_sha256 = model.sha256
-        self.labels = model.entry.label_names
-        self.preprocess = model.entry.preprocess
-        self.score_floor = score_floor
-        self.nms_iou = nms_iou
-        self._session = open_session(model.path, threads=threads, providers=providers, strip_weights=strip_weights)
-        self.providers = self._session.get_providers()  # what onnxruntime really uses (CUDA may fall back)
-        inp = self._session.get_inputs()[0]
-        self._input_name = inp.name
-        self.input_size = inp.shape[2] if isinstance(inp.shape[2], int) else model.entry.input_size
+    def __init__(self, model: ResolvedModel, **options: Any) -> None:
+        super().__init__(model, **options)
 
         # Grid offsets and strides depend only on the input size, so build them once.
         grids, strides = [], []
