@@ -390,7 +390,10 @@ def test_stage_runs_several_detectors_and_records_models_and_sources(
     names = ["yolox-nano", "picodet-s-416", "person-light-192"]
     identity = DetectStage(["--detectors", ",".join(names)], services).identity()
     assert all(CATALOGUE[n].sha256 in identity["models"] for n in names)
-    assert DetectStage([], services).identity().keys() == {"stage", "code_version", "model", "model_sha256", "tiling"}
+    single = DetectStage(["--cascade", "off"], services).identity()
+    assert single.keys() == {"stage", "code_version", "model", "model_sha256", "tiling"}
+    cascade = DetectStage([], services).identity()  # the default: the cascade names every model it may run
+    assert "nanodet-m-416@" in cascade["models"] and "inverted" in cascade["cascade"]
 
     # one alarm laid out as a datum of the validate repo, run through the real CLI in a subprocess
     image = (shared_dir / "images/coral/grace_hopper.bmp").read_bytes()

@@ -172,13 +172,18 @@ def test_detect_stage_tiling_arguments(model_dir: Path, tmp_path: Path) -> None:
     from alarmsieve.stages.detect import DetectStage
 
     services = StageServices(model_dir=model_dir, model_cache=tmp_path / "cache")
-    stage = DetectStage(["--tiling", "auto", "--tile-cameras", "gate, yard", "--tile-max", "0"], services)
+    off = ["--cascade", "off"]  # the tiling options drive every frame only without the cascade
+    stage = DetectStage([*off, "--tiling", "auto", "--tile-cameras", "gate, yard", "--tile-max", "0"], services)
     assert stage.tiling.mode == "auto" and stage.tiling.cameras == ["gate", "yard"] and stage.tiling.max_tiles is None
     assert stage.identity()["tiling"] == "auto cameras gate,yard doubt person<0.5"
-    # the default: auto, large frames and frames with a doubtful person
-    assert DetectStage([], services).identity()["tiling"] == "auto doubt person<0.5"
-    assert "tiling" not in DetectStage(["--tiling", "off"], services).identity()
-    assert DetectStage(["--tile-doubt-below", "0"], services).identity()["tiling"] == "auto"
+    # without the cascade: auto, large frames and frames with a doubtful person
+    assert DetectStage(off, services).identity()["tiling"] == "auto doubt person<0.5"
+    assert "tiling" not in DetectStage([*off, "--tiling", "off"], services).identity()
+    assert DetectStage([*off, "--tile-doubt-below", "0"], services).identity()["tiling"] == "auto"
+    # with the cascade (the default) the first pass is tiled only for the cameras asked, or --tiling on
+    assert "tiling" not in DetectStage([], services).identity()
+    assert DetectStage(["--tile-cameras", "gate"], services).identity()["tiling"] == "cameras gate"
+    assert DetectStage(["--tiling", "on"], services).identity()["tiling"] == "on"
     with pytest.raises(StageUsageError, match="bad tiling arguments"):
         DetectStage(["--tile-doubt-below", "1.5"], services)
     with pytest.raises(StageUsageError, match="bad arguments"):

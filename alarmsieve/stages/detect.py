@@ -39,7 +39,14 @@ from alarmsieve.stages.records import (
     ModelRef,
 )
 from alarmsieve.vision.annotate import annotate, encode_jpeg
-from alarmsieve.vision.detector import DEFAULT_SCORE_FLOOR, Detection, choose_providers, create_detector
+from alarmsieve.vision.cascade import Cascade, CascadePolicy, Look
+from alarmsieve.vision.detector import (
+    DEFAULT_SCORE_FLOOR,
+    Detection,
+    DetectorBackend,
+    choose_providers,
+    create_detector,
+)
 from alarmsieve.vision.ensemble import DEFAULT_FUSION_IOU, Ensemble, describe
 from alarmsieve.vision.models import CATALOGUE, ResolvedModel, locate_model
 from alarmsieve.vision.tiling import TiledDetector, TilingConfig
@@ -49,6 +56,32 @@ THREAT_HIGHLIGHT = {"person", "car", "truck", "bus", "motorcycle", "bicycle"}
 
 def _names(value: str) -> list[str]:
     return [n.strip() for n in value.split(",") if n.strip()]
+
+
+def _looks_text(looks: list[Look]) -> str:
+    return ",".join(look.text() for look in looks)
+
+
+def _parse_looks(value: str) -> list[Look]:
+    """``nanodet-m-416/normalised,yolox-nano/inverted`` -> looks; names are checked against the catalogue."""
+    looks = []
+    for item in _names(value):
+        model, _, view = item.partition("/")
+        if model not in CATALOGUE:
+            raise StageUsageError(
+                f"detect: unknown detector {model!r} in a second look {item!r}; known detectors: {', '.join(CATALOGUE)}"
+            )
+        if view and view not in ("whole", "inverted", "normalised", "slices"):
+            raise StageUsageError(
+                f"detect: unknown view {view!r} in a second look {item!r}; views: whole, inverted, normalised, slices"
+            )
+        looks.append(Look(model=model, view=view or "whole"))
+    return looks
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    return f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
 
 
 class DetectStage(Stage):
@@ -128,6 +161,40 @@ class DetectStage(Stage):
             help="auto: ... and at least this score; raw candidates, whatever --score-threshold (default 0.25)",
         )
         parser.add_argument("--tile-doubt-labels", default="person", help="comma-separated labels worth a closer look")
+        parser.add_argument(
+            "--cascade",
+            choices=["on", "off"],
+            default="on",
+            help="on (default): --model first, second looks only on doubt (grey, dark, small or large frames, "
+            "doubtful candidates; see vision.cascade); off: --model or --detectors on every frame, with --tiling",
+        )
+        parser.add_argument(
+            "--second-look-mono",
+            default=None,
+            metavar="MODEL[/VIEW],...",
+            help="cascade: second looks at grey frames (infrared, thermal, low light); views: whole, inverted, "
+            "normalised, slices (default: " + _looks_text(CascadePolicy().mono) + ")",
+        )
+        parser.add_argument(
+            "--second-look-colour",
+            default=None,
+            metavar="MODEL[/VIEW],...",
+            help="cascade: second looks at doubtful colour frames (default: "
+            + _looks_text(CascadePolicy().colour)
+            + ")",
+        )
+        parser.add_argument(
+            "--confident",
+            type=float,
+            default=CascadePolicy().confident,
+            help="cascade: a first-pass person at or above this needs no second look (default 0.5)",
+        )
+        parser.add_argument(
+            "--doubt-floor",
+            type=float,
+            default=CascadePolicy().doubt_floor,
+            help="cascade: a raw first-pass candidate at or above this makes a colour frame doubtful (default 0.15)",
+        )
         return parser
 
     def __init__(self, args: list[str], services: StageServices) -> None:
@@ -154,6 +221,7 @@ class DetectStage(Stage):
                 for name in names
             ]
             self.detector = Ensemble(backends, fusion_iou=opts.fusion_iou)
+            self.cascade = self._cascade(opts, names, backends, providers, services)
             self.tiling = TilingConfig(
                 mode=opts.tiling,
                 cameras=opts.tile_cameras.split(","),
@@ -167,15 +235,62 @@ class DetectStage(Stage):
                 doubt_from=opts.tile_doubt_from,
             )
             self.tiled = TiledDetector(self.detector, self.tiling, score_threshold=opts.score_threshold)
+            # the cascade's first pass for --tiling on / --tile-cameras: tiled, raw candidates
+            self.tiled_raw = TiledDetector(self.detector, self.tiling.model_copy(update={"mode": "on"}))
         except ValidationError as exc:
             raise StageUsageError(f"detect: bad tiling arguments {args}: {exc}") from exc
         except ValueError as exc:
             raise StageUsageError(f"detect: {exc}") from exc
         self.model_refs = [ModelRef(name=n, sha256=sha) for n, sha in self.detector.models]
+        if self.cascade is not None:
+            self.model_refs = [
+                ModelRef(name=name, sha256=backend.model_sha256) for name, backend in self.cascade.backends.items()
+            ]
+        self.score_threshold = opts.score_threshold
         self.model_ref = self.model_refs[0]  # DetectionsRecord.model: the first (the only one, by default)
         self.share_detections = False  # the API's fast path: leave the boxes for the pipeline's worker
         self._shared_dir = services.workspace / "cache" / "detections" if services.workspace else None
         self._prune_shared()
+
+    def _cascade(
+        self,
+        opts: argparse.Namespace,
+        names: list[str],
+        backends: list[DetectorBackend],
+        providers: list[str],
+        services: StageServices,
+    ) -> Cascade | None:
+        """The cascade, with its own first pass (``--model``, tiled as ``--tiling on``/``--tile-cameras`` ask)
+        and one backend per model its second looks name; None with ``--cascade off`` or ``--detectors``."""
+        if opts.cascade == "off" or opts.detectors is not None:
+            return None
+        defaults = CascadePolicy()
+        try:
+            policy = CascadePolicy(
+                primary=names[0] if names[0] in CATALOGUE else "custom",
+                mono=_parse_looks(opts.second_look_mono) if opts.second_look_mono is not None else defaults.mono,
+                colour=_parse_looks(opts.second_look_colour)
+                if opts.second_look_colour is not None
+                else defaults.colour,
+                confident=opts.confident,
+                doubt_floor=opts.doubt_floor,
+                large_side=opts.tile_auto_min_side,
+            )
+        except ValidationError as exc:
+            raise StageUsageError(f"detect: bad cascade arguments: {_first_error(exc)}") from exc
+        loaded: dict[str, DetectorBackend] = {policy.primary: backends[0]}
+        for name in policy.models():
+            if name not in loaded:
+                loaded[name] = create_detector(
+                    "onnx",
+                    model=self._locate(name, opts.model, services),
+                    score_floor=opts.score_floor,
+                    nms_iou=opts.nms_iou,
+                    threads=opts.threads,
+                    providers=providers,
+                )
+        calibrations = {name: CATALOGUE[name].calibration for name in loaded if name in CATALOGUE}
+        return Cascade(policy, loaded, calibrations)
 
     @staticmethod
     def _detector_names(opts: argparse.Namespace) -> list[str]:
@@ -207,6 +322,12 @@ class DetectStage(Stage):
 
     def identity(self) -> dict[str, str]:
         ids = {**super().identity(), "model": self.model_ref.name, "model_sha256": self.model_ref.sha256}
+        if self.cascade is not None:
+            ids["models"] = ",".join(f"{m.name}@{m.sha256}" for m in self.model_refs)
+            ids["cascade"] = self.cascade.policy.model_dump_json(exclude={"primary"})
+            if self.tiling.mode == "on" or self.tiling.cameras:  # the first pass is tiled for these
+                ids["tiling"] = "on" if self.tiling.mode == "on" else f"cameras {','.join(self.tiling.cameras)}"
+            return ids
         if len(self.model_refs) > 1:  # one detector keeps the identity it always had: no new pipeline version
             ids["models"] = ",".join(f"{m.name}@{m.sha256}" for m in self.model_refs)
             ids["fusion"] = f"wbf iou {self.detector.fusion_iou:g}"
@@ -253,9 +374,19 @@ class DetectStage(Stage):
                 ctx.log.info("alarm %s: detections of the API's provisional run reused", meta.alarm)
             else:
                 started = time.perf_counter()
-                found = self.tiled.detect(image, camera=meta.camera)
+                if self.cascade is not None:
+                    tiled = self.tiling.mode == "on" or meta.camera in self.tiling.cameras
+                    first = _CameraTiles(self.tiled_raw, meta.camera) if tiled else None
+                    result = self.cascade.detect(image, first_pass=first)
+                    found = [d for d in result.detections if d.score >= self.score_threshold]
+                    tiles = sum(look.passes for look in result.looks) - 1
+                    why_tiled = result.second_look and (
+                        f"{result.kind.text()}, {result.second_look}: " + ", ".join(x.look for x in result.looks[1:])
+                    )
+                else:
+                    found = self.tiled.detect(image, camera=meta.camera)
+                    tiles, why_tiled = self.tiled.last_tiles, self.tiled.last_reason
                 elapsed = (time.perf_counter() - started) * 1000
-                tiles, why_tiled = self.tiled.last_tiles, self.tiled.last_reason
                 if self.share_detections:
                     self._leave_shared(shared, found, elapsed, tiles, why_tiled)
         except Exception as exc:  # the verdict becomes `review`: a failed detector never dismisses
@@ -267,7 +398,7 @@ class DetectStage(Stage):
             meta.alarm,
             ", ".join(self._describe(d) for d in found) or "nothing",
             elapsed,
-            f" (whole frame + {tiles} tiles: {why_tiled})" if tiles else "",
+            f" (+{tiles} passes: {why_tiled})" if tiles else "",
         )
         record = DetectionsRecord(
             **base,
@@ -275,10 +406,15 @@ class DetectStage(Stage):
             reason=meta.reason,
             detections=[BoxRecord(label=d.label, score=d.score, box=d.box, sources=d.sources) for d in found],
             inference_ms=round(elapsed, 2),
+            second_look=why_tiled if self.cascade is not None else "",
         )
         return record, image
 
     def _describe(self, d: Detection) -> str:
+        if self.cascade is not None:
+            return f"{d.label} {d.score:.2f}" + (
+                " (" + ", ".join(f"{k} {v:.2f}" for k, v in d.sources.items()) + ")" if d.sources else ""
+            )
         if len(self.model_refs) == 1:
             return f"{d.label} {d.score:.2f}"
         return describe(d, [m.name for m in self.model_refs])
@@ -339,3 +475,14 @@ def _as_detection(box: BoxRecord) -> Detection:
 
     class_id = COCO_LABELS.index(box.label) if box.label in COCO_LABELS else -1
     return Detection(label=box.label, class_id=max(class_id, 0), score=box.score, box=box.box, sources=box.sources)
+
+
+class _CameraTiles(DetectorBackend):
+    """The cascade's first pass for a camera the operator asked to tile: the primary model, tiled."""
+
+    def __init__(self, tiled: TiledDetector, camera: str) -> None:
+        self.tiled, self.camera = tiled, camera
+        self.model_name, self.model_sha256 = tiled.model_name, tiled.model_sha256
+
+    def detect(self, image_bgr: np.ndarray) -> list[Detection]:
+        return self.tiled.detect(image_bgr, camera=self.camera)

@@ -114,6 +114,8 @@ class DetectionsRecord(Record):
     detections: list[BoxRecord] = []
     inference_ms: float | None = None
     pipeline_version: str = ""
+    # the cascade: the frame's kind, why it got a second look and which looks ran ("" = one pass)
+    second_look: str = ""
 
 
 class JudgedBox(Record):

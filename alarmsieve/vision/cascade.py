@@ -13,10 +13,11 @@ its kind (``vision.looks.frame_kind``) or the first pass gives a reason to doubt
 A frame whose first pass found a person at or above ``confident`` needs no second look.
 
 The second look (``Look``: a model and a view of the frame) depends on the frame: the other polarity and
-a contrast-equalised view for grey frames, another model on the whole frame, and upscaled overlapping
-slices for small frames (``vision.looks.upscaled_slices``) or native tiles for large ones
+a contrast-equalised view for grey frames (then, only if those left a doubt, ``mono_more``: another model
+on both), another model on the whole frame, and upscaled overlapping slices for small frames (``vision.looks.upscaled_slices``) or native tiles for large ones
 (``vision.tiling.plan_tiles``). Every look's candidates go through the model's calibration (so 0.5 means
-the same from every model), then are merged by label: boxes that overlap (IoU >= ``merge_iou`` or one
+the same from every model; a slice's score counts ``slice_weight``, as a crop loses the context), then are
+merged by label: boxes that overlap (IoU >= ``merge_iou`` or one
 inside the other by ``contain``) are one object, whose box is the score-weighted mean (WBF) and whose score
 is the strongest calibrated look; when two or more looks agree on a ``doubt_labels`` object at
 ``agree_floor`` or more, it scores at least ``agree_score`` (a review, with the default rules). Doubt is
@@ -65,23 +66,26 @@ class CascadePolicy(BaseModel):
     doubt_labels: list[str] = ["person"]
     small_side: int = Field(default=640, ge=0)
     large_side: int = Field(default=1000, ge=1)
-    mono: list[Look] = [
-        Look(model="yolox-nano", view="inverted"),
-        Look(model="nanodet-m-416", view="normalised"),
-        Look(model="nanodet-m-416"),
-    ]
+    mono: list[Look] = [Look(model="yolox-nano", view="inverted"), Look(model="nanodet-m-416", view="normalised")]
+    # grey frames where the looks so far found a doubt_labels candidate of at least more_floor (merged
+    # score) but nothing confident get these too; a calm grey frame stops before them
+    mono_more: list[Look] = [Look(model="nanodet-m-416", view="inverted"), Look(model="nanodet-m-416")]
+    more_floor: float = Field(default=0.1, ge=0.0, le=1.0)
     colour: list[Look] = [Look(model="nanodet-m-416"), Look(model="yolox-nano", view="slices")]
     dark_colour: list[Look] = [Look(model="yolox-nano", view="normalised")]
     merge_iou: float = Field(default=0.3, gt=0.0, le=1.0)
     contain: float = Field(default=0.7, gt=0.0, le=1.0)
     agree_floor: float = Field(default=0.25, ge=0.0, le=1.0)
     agree_score: float = Field(default=0.35, ge=0.0, le=1.0)
+    # a slice shows the object without its surroundings, which makes false people of parts of things
+    # (a bird's wing, a bathroom tap): evidence seen only in slices counts this much
+    slice_weight: float = Field(default=0.9, gt=0.0, le=1.0)
     tile_overlap: float = Field(default=0.2, ge=0.0, lt=0.9)
     max_tiles: int = Field(default=2, ge=1)
 
     def models(self) -> list[str]:
         """Every model the policy may run, primary first."""
-        names = [self.primary] + [look.model for look in self.mono + self.colour + self.dark_colour]
+        names = [self.primary] + [look.model for look in self.mono + self.mono_more + self.colour + self.dark_colour]
         return list(dict.fromkeys(names))
 
 
@@ -138,6 +142,12 @@ class Cascade:
             return "small frame"
         return ""
 
+    def tiers_for(self, kind: FrameKind) -> list[list[Look]]:
+        """The second looks in the order they run; a later tier runs only on a doubt the earlier left."""
+        if kind.tone == "mono":
+            return [list(self.policy.mono), list(self.policy.mono_more)]
+        return [self.looks_for(kind)]
+
     def looks_for(self, kind: FrameKind) -> list[Look]:
         """The second looks for this kind of frame. Slices pay only where a person may be too small for
         the whole-frame pass (a small frame, or a large one shrunk to the model's input); on a mid-sized
@@ -152,26 +162,39 @@ class Cascade:
             looks += p.dark_colour
         return looks
 
-    def detect(self, image_bgr: np.ndarray) -> CascadeResult:
+    def detect(self, image_bgr: np.ndarray, first_pass: DetectorBackend | None = None) -> CascadeResult:
+        """``first_pass``: run this instead of the primary backend for the first look (e.g. the primary
+        model tiled, for a camera the operator asked to tile)."""
         check_bgr(image_bgr)
         kind = frame_kind(image_bgr)
         primary = Look(model=self.policy.primary)
-        first, record = self._run(primary, image_bgr, kind)
+        first, record = self._run(primary, image_bgr, kind, backend=first_pass)
         found: list[tuple[Look, Detection]] = [(primary, d) for d in first]
         records = [record]
         reason = self.why_second_look(kind, first)
+        merged = merge_looks(found, self.policy, self.calibrations)
         if reason:
             views: dict[str, np.ndarray] = {}
-            for look in self.looks_for(kind):
-                dets, record = self._run(look, image_bgr, kind, views)
-                found += [(look, d) for d in dets]
-                records.append(record)
-        return CascadeResult(detections=merge_looks(found, self.policy, self.calibrations), kind=kind, second_look=reason, looks=records)
+            for tier in self.tiers_for(kind):
+                top = max((d.score for d in merged if d.label in self.policy.doubt_labels), default=0.0)
+                if records[1:] and (top >= self.policy.confident or top < self.policy.more_floor):
+                    break  # confident already, or nothing worth another look
+                for look in tier:
+                    dets, record = self._run(look, image_bgr, kind, views)
+                    found += [(look, d) for d in dets]
+                    records.append(record)
+                merged = merge_looks(found, self.policy, self.calibrations)
+        return CascadeResult(detections=merged, kind=kind, second_look=reason, looks=records)
 
     def _run(
-        self, look: Look, image: np.ndarray, kind: FrameKind, views: dict[str, np.ndarray] | None = None
+        self,
+        look: Look,
+        image: np.ndarray,
+        kind: FrameKind,
+        views: dict[str, np.ndarray] | None = None,
+        backend: DetectorBackend | None = None,
     ) -> tuple[list[Detection], LookRecord]:
-        backend = self.backends[look.model]
+        backend = backend or self.backends[look.model]
         started = time.perf_counter()
         if look.view in ("whole", "slices"):
             frame = image
@@ -207,6 +230,7 @@ class Cascade:
             )
         return upscaled_slices(kind.width, kind.height)
 
+
 def merge_looks(
     found: list[tuple[Look, Detection]], policy: CascadePolicy, calibrations: Mapping[str, Calibration] | None = None
 ) -> list[Detection]:
@@ -216,6 +240,8 @@ def merge_looks(
     for look, d in found:
         calibration = (calibrations or {}).get(look.model)
         score = calibration.apply(d.score) if calibration else d.score
+        if look.view == "slices":
+            score *= p.slice_weight
         items.append((score, look.text(), d))
     items.sort(key=lambda item: -item[0])
     clusters: list[dict] = []

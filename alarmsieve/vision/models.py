@@ -105,6 +105,8 @@ class ModelEntry(BaseModel):
     input_size: int = Field(default=416, gt=0)
     labels: Literal["coco80", "person"] = "coco80"
     preprocess: Preprocess = Preprocess()
+    # raw score -> YOLOX-Nano's scale (0.35 review, 0.5 alert with the default rules): the raw scores at which
+    # this model's false people on calm cctv-dev and COCO128 frames match YOLOX-Nano's (docs/quality.md)
     calibration: Calibration = Calibration()
     licence: str
     source: str
@@ -148,6 +150,7 @@ CATALOGUE: dict[str, ModelEntry] = {
         preprocess=Preprocess(
             resize="letterbox_centre", pad=0, colour="bgr", mean=(103.53, 116.28, 123.675), std=(57.375, 57.12, 58.395)
         ),
+        calibration=Calibration(points=((0.0, 0.0), (0.4, 0.35), (0.55, 0.5), (1.0, 1.0))),
         licence="Apache-2.0",
         source=(
             "RangiLyu/nanodet NanoDet-m weights, ONNX export in Kazuhito00/MOT-Tracking-by-Detection-Pipeline "
@@ -168,6 +171,7 @@ CATALOGUE: dict[str, ModelEntry] = {
         input_size=416,
         labels="coco80",
         preprocess=IMAGENET_RGB,
+        calibration=Calibration(points=((0.0, 0.0), (0.5, 0.35), (0.65, 0.5), (1.0, 1.0))),
         licence="Apache-2.0",
         source=(
             "PaddleDetection PP-PicoDet-S (2021 release) weights, Paddle2ONNX export in hpc203/picodet-onnxruntime "
@@ -188,6 +192,7 @@ CATALOGUE: dict[str, ModelEntry] = {
         input_size=320,
         labels="coco80",
         preprocess=IMAGENET_RGB,
+        calibration=Calibration(points=((0.0, 0.0), (0.5, 0.35), (0.65, 0.5), (1.0, 1.0))),
         licence="Apache-2.0",
         source=(
             "PaddleDetection PP-PicoDet-XS LCNet, PaddleDetection's own export with post-processing, committed in "
@@ -210,6 +215,7 @@ CATALOGUE: dict[str, ModelEntry] = {
         type="yolox",
         input_size=192,
         labels="person",
+        calibration=Calibration(points=((0.0, 0.0), (0.45, 0.35), (0.6, 0.5), (1.0, 1.0))),
         licence="Apache-2.0",
         source=(
             "Kazuhito00/Person-Detection-using-RaspberryPi-CPU (Apache-2.0) at commit "
