@@ -273,12 +273,43 @@ def explain(
         return _explain_clip(pfs, clip, as_json)
     stored = find_verdict(pfs, alarm)
     rejudged = rejudgement_of(pfs, stored.folder)
+    history = _history(stored.folder)
     if as_json:
         data = stored.record.model_dump(mode="json")
         data["rejudged"] = rejudged.model_dump(mode="json") if rejudged else None
+        data["history"] = history.model_dump(mode="json")
         return emit_json([data])
-    for line in explain_lines(stored, rejudged):
+    for line in [*explain_lines(stored, rejudged), *history_lines(history)]:
         console.print(line, highlight=False, soft_wrap=True)
+
+
+def _history(folder: str) -> Any:
+    from alarmsieve.history import verdict_history
+
+    ws = workspace()
+    return verdict_history(ws.pfs, ws.catalog_url, folder)
+
+
+def history_lines(history: Any) -> list[str]:
+    """Every judgment of the alarm, oldest first, with its rules, models and notification."""
+    lines = [f"history ({len(history.judgments)} judgment(s)):"]
+    for j in history.judgments:
+        models = ", ".join(f"{name} {sha[:12]}" for name, sha in j.models.items()) or "no model"
+        versions = ", ".join(j.pipeline_versions.values())
+        notified = f"; notified {j.notified_at.isoformat(timespec='seconds')}" if j.notified_at else ""
+        now = " (current)" if j.current else ""
+        lines.append(
+            f"  {j.judged_at.isoformat(timespec='seconds')} {j.verdict.upper()}{now} under rules "
+            f"{j.rules_commit or 'built-in'}; {models}; {versions}{notified}"
+        )
+        if j.rules_note:
+            lines.append(f"      {j.rules_note}")
+    for d in history.deliveries:
+        when = d.sent_at.isoformat(timespec="seconds") if d.sent_at else "-"
+        lines.append(f"  notification {d.channel} to {d.recipient}: {d.state} {when}")
+    if history.flip:
+        lines.append(f"flipped: {history.flip}")
+    return lines
 
 
 def clip_explain_lines(clip: Any) -> list[str]:

@@ -1,0 +1,142 @@
+"""A verdict's history: every judgment of an alarm and whether and when it was notified.
+
+The ``assess`` repo keeps every version of ``/<camera>/<file>/verdict.json`` (``Pfs.file_versions``):
+each version is one judgment, recorded by the commit that wrote it. The notification ledger says which
+of them were delivered (key: the alarm's path and image sha256, as ``notify`` sends it; routed
+deliveries add ``:channel:recipient`` to it). Nothing here writes anything.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
+
+from alarmsieve.notify.ledger import NotificationRecord
+from alarmsieve.pfs.api import Pfs
+from alarmsieve.pfs.db import get_engine
+from alarmsieve.stages.notify import notification_key
+from alarmsieve.stages.records import VERDICT_FILE, VerdictRecord
+from alarmsieve.verdicts import ASSESS_REPO
+
+
+class Delivery(BaseModel):
+    """One ledger row of the alarm: a channel and recipient, its state and when it was sent."""
+
+    key: str
+    channel: str
+    recipient: str
+    state: str
+    sent_at: datetime | None
+    attempts: int
+
+
+class Judgment(BaseModel):
+    """One version of the alarm's verdict."""
+
+    verdict: str
+    reason: str  # the first reason
+    rules_commit: str | None
+    rules_note: str
+    models: dict[str, str]  # model name -> sha256
+    pipeline_versions: dict[str, str]
+    judged_at: datetime  # when the assess commit that recorded it was made
+    commit: str  # that assess commit
+    image_sha256: str
+    verdict_sha256: str  # the verdict.json version's body (a rerun writing the same bytes is the same judgment)
+    notified_at: datetime | None  # when this judgment's alert was delivered (None: not notified)
+    current: bool
+
+
+class VerdictHistory(BaseModel):
+    """``explain ALARM --json``: ``history``; the dashboard's alarm page shows the same."""
+
+    alarm: str
+    judgments: list[Judgment]  # oldest first
+    deliveries: list[Delivery]
+    flip: str | None  # set when a notified alert is now something else: says both, with rules and times
+
+
+def _deliveries(catalog_url: str, key: str) -> list[Delivery]:
+    with Session(get_engine(catalog_url)) as s:
+        rows = list(
+            s.scalars(
+                select(NotificationRecord)
+                .where(or_(NotificationRecord.key == key, NotificationRecord.key.like(key + ":%")))
+                .order_by(NotificationRecord.id)
+            )
+        )
+        return [
+            Delivery(
+                key=r.key,
+                channel=r.channel,
+                recipient=r.recipient,
+                state=r.state,
+                sent_at=r.sent_at,
+                attempts=r.attempts,
+            )
+            for r in rows
+        ]
+
+
+def _short(commit: str | None) -> str:
+    return commit[:12] if commit else "built-in rules"
+
+
+def verdict_history(pfs: Pfs, catalog_url: str, folder: str, repo: str = ASSESS_REPO) -> VerdictHistory:
+    """Every judgment of the alarm whose verdict lives at ``<folder>/verdict.json`` in ``repo``."""
+    judgments: list[Judgment] = []
+    deliveries: dict[str, list[Delivery]] = {}  # notification key -> its ledger rows
+    versions = pfs.file_versions(repo, f"{folder}/{VERDICT_FILE}")
+    alarm = folder
+    for version in versions:
+        if version.sha256 is None:
+            continue
+        record = VerdictRecord.model_validate_json(pfs.objects.get_bytes(version.sha256))
+        alarm = record.alarm
+        if judgments and judgments[-1].verdict_sha256 == version.sha256:
+            judgments[-1].current = version.removed_by is None
+            continue  # the same bytes written again (a rerun): the same judgment
+        key = notification_key(record)
+        if key not in deliveries:
+            deliveries[key] = _deliveries(catalog_url, key)
+        sent = [d.sent_at for d in deliveries[key] if d.state == "sent" and d.sent_at is not None]
+        judgments.append(
+            Judgment(
+                verdict=record.verdict,
+                reason=record.reasons[0] if record.reasons else "",
+                rules_commit=record.rules_commit,
+                rules_note=record.rules_note,
+                models={record.model.name: record.model.sha256} if record.model else {},
+                pipeline_versions=record.pipeline_versions,
+                judged_at=version.committed_at,
+                commit=version.commit,
+                image_sha256=record.image_sha256,
+                verdict_sha256=version.sha256,
+                notified_at=min(sent) if record.verdict == "alert" and sent else None,
+                current=version.removed_by is None,
+            )
+        )
+    return VerdictHistory(
+        alarm=alarm,
+        judgments=judgments,
+        deliveries=[d for rows in deliveries.values() for d in rows],
+        flip=flip_text(judgments),
+    )
+
+
+def flip_text(judgments: list[Judgment]) -> str | None:
+    """ "alerted and notified … under rules …; now dismiss under …" when a notified alert is no longer one."""
+    if not judgments or judgments[-1].verdict == "alert":
+        return None
+    notified = [j for j in judgments if j.verdict == "alert" and j.notified_at is not None]
+    if not notified:
+        return None
+    was, now = notified[-1], judgments[-1]
+    return (
+        f"alerted and notified {was.notified_at.isoformat(timespec='seconds') if was.notified_at else ''} "
+        f"under rules {_short(was.rules_commit)}; now {now.verdict} under rules {_short(now.rules_commit)} "
+        f"(judged {now.judged_at.isoformat(timespec='seconds')})"
+    )
