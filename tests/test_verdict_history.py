@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 from typer.testing import CliRunner
 
 from alarmsieve.cli import _known_errors, app
@@ -19,6 +20,7 @@ from alarmsieve.stages.records import VerdictRecord
 from alarmsieve.verdicts import read_verdicts
 from alarmsieve.workspace import Workspace
 from tests.conftest import PROJECT, run_cli
+from tests.test_api import serve_api
 
 PHOTO = "images/skimage/astronaut.png"  # one person, well above 0.5: alert under the default rules
 FRONT_IGNORES_PEOPLE = b"cameras:\n  front:\n    labels:\n      person: {severity: ignore}\n"
@@ -120,6 +122,14 @@ def test_reprocess_keeps_the_notified_alert_and_rules_head_shows_the_flip(
     assert code == 0
     assert f"flipped: alerted and notified {sent_at}" in out
     assert "history (3 judgment(s)):" in out and "notification outbox to " in out
+
+    # the dashboard's alarm page shows the same history, the flip first
+    with serve_api(ws, runner=False) as api:
+        page = httpx.get(f"{api.url}/review/front/astronaut.png", cookies={"alarmsieve_token": api.operator})
+    assert page.status_code == 200
+    section = page.text.split('<section id="history">', 1)[1].split("</section>", 1)[0]
+    assert f"alerted and notified {sent_at}" in section
+    assert section.count("<tr") == 4 and section.count(first_rules[:12]) >= 2 and new_rules[:12] in section
 
     # a further reprocess without --rules goes back to each alarm's own rules: assess drops the argument
     code, out, err = _cli(ws, "update", "pipeline", "-f", str(PROJECT / "pipelines/detect.json"), "--reprocess")

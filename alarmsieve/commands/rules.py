@@ -338,14 +338,15 @@ def _explain_clip(pfs: Any, clip: Any, as_json: bool) -> None:
     if as_json:
         data = {"kind": "clip", **clip.model_dump(mode="json")}
         frame = stored.record.model_dump(mode="json") if stored is not None else None
-        if frame is not None:
+        if frame is not None and stored is not None:
             frame["rejudged"] = rejudged.model_dump(mode="json") if rejudged else None
+            frame["history"] = _history(stored.folder).model_dump(mode="json")
         data["deciding_frame_verdict"] = frame
         return emit_json([data])
     lines = clip_explain_lines(clip)
     if stored is not None:
         lines.append(f"deciding frame {clip.deciding_frame}:")
-        lines += [f"  {line}" for line in explain_lines(stored, rejudged)]
+        lines += [f"  {line}" for line in [*explain_lines(stored, rejudged), *history_lines(_history(stored.folder))]]
     for line in lines:
         console.print(line, highlight=False, soft_wrap=True)
 
