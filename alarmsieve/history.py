@@ -1,13 +1,16 @@
 """A verdict's history: every judgment of an alarm and whether and when it was notified.
 
 The ``assess`` repo keeps every version of ``/<camera>/<file>/verdict.json`` (``Pfs.file_versions``):
-each version is one judgment, recorded by the commit that wrote it. The notification ledger says which
+each version is one judgment, recorded by the commit that wrote it (a video clip: ``clips`` keeps its
+``clip-verdict.json``). The notification ledger says which
 of them were delivered (key: the alarm's path and image sha256, as ``notify`` sends it; routed
 deliveries add ``:channel:recipient`` to it). Nothing here writes anything.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 
 from pydantic import BaseModel
@@ -17,9 +20,9 @@ from sqlalchemy.orm import Session
 from alarmsieve.notify.ledger import NotificationRecord
 from alarmsieve.pfs.api import Pfs
 from alarmsieve.pfs.db import get_engine
-from alarmsieve.stages.notify import notification_key
-from alarmsieve.stages.records import VERDICT_FILE, VerdictRecord
-from alarmsieve.verdicts import ASSESS_REPO
+from alarmsieve.stages.notify import clip_notification_key, notification_key
+from alarmsieve.stages.records import CLIP_VERDICT_FILE, VERDICT_FILE, ClipVerdictRecord, VerdictRecord
+from alarmsieve.verdicts import ASSESS_REPO, CLIPS_REPO
 
 
 class Delivery(BaseModel):
@@ -85,37 +88,91 @@ def _short(commit: str | None) -> str:
     return commit[:12] if commit else "built-in rules"
 
 
+@dataclass(frozen=True)
+class _Judged:
+    """What one stored verdict says, whichever record (snapshot or clip) holds it."""
+
+    alarm: str
+    verdict: str
+    reason: str
+    rules_commit: str | None
+    rules_note: str
+    models: dict[str, str]
+    pipeline_versions: dict[str, str]
+    content_sha256: str  # the image's (a clip: the clip file's): with the path, the notification key
+    notification_key: str
+
+
+def _of_snapshot(raw: bytes) -> _Judged:
+    r = VerdictRecord.model_validate_json(raw)
+    return _Judged(
+        alarm=r.alarm,
+        verdict=r.verdict,
+        reason=r.reasons[0] if r.reasons else "",
+        rules_commit=r.rules_commit,
+        rules_note=r.rules_note,
+        models={r.model.name: r.model.sha256} if r.model else {},
+        pipeline_versions=r.pipeline_versions,
+        content_sha256=r.image_sha256,
+        notification_key=notification_key(r),
+    )
+
+
+def _of_clip(raw: bytes) -> _Judged:
+    r = ClipVerdictRecord.model_validate_json(raw)
+    return _Judged(
+        alarm=r.clip,
+        verdict=r.verdict,
+        reason=r.reasons[0] if r.reasons else "",
+        rules_commit=r.rules_commit,
+        rules_note="",
+        models={r.model.name: r.model.sha256} if r.model else {},
+        pipeline_versions={},  # a clip verdict names none; its frames' verdicts do
+        content_sha256=r.clip_sha256,
+        notification_key=clip_notification_key(r),
+    )
+
+
 def verdict_history(pfs: Pfs, catalog_url: str, folder: str, repo: str = ASSESS_REPO) -> VerdictHistory:
     """Every judgment of the alarm whose verdict lives at ``<folder>/verdict.json`` in ``repo``."""
+    return _history(pfs, catalog_url, repo, f"{folder}/{VERDICT_FILE}", _of_snapshot, folder)
+
+
+def clip_history(pfs: Pfs, catalog_url: str, folder: str) -> VerdictHistory:
+    """Every verdict of a video clip (``clips@master:<folder>/clip-verdict.json``) and its notification."""
+    return _history(pfs, catalog_url, CLIPS_REPO, f"{folder}/{CLIP_VERDICT_FILE}", _of_clip, folder)
+
+
+def _history(
+    pfs: Pfs, catalog_url: str, repo: str, path: str, read: Callable[[bytes], _Judged], alarm: str
+) -> VerdictHistory:
     judgments: list[Judgment] = []
     deliveries: dict[str, list[Delivery]] = {}  # notification key -> its ledger rows
-    versions = pfs.file_versions(repo, f"{folder}/{VERDICT_FILE}")
-    alarm = folder
-    for version in versions:
+    for version in pfs.file_versions(repo, path):
         if version.sha256 is None:
             continue
-        record = VerdictRecord.model_validate_json(pfs.objects.get_bytes(version.sha256))
-        alarm = record.alarm
         if judgments and judgments[-1].verdict_sha256 == version.sha256:
             judgments[-1].current = version.removed_by is None
             continue  # the same bytes written again (a rerun): the same judgment
-        key = notification_key(record)
+        judged = read(pfs.objects.get_bytes(version.sha256))
+        alarm = judged.alarm
+        key = judged.notification_key
         if key not in deliveries:
             deliveries[key] = _deliveries(catalog_url, key)
         sent = [d.sent_at for d in deliveries[key] if d.state == "sent" and d.sent_at is not None]
         judgments.append(
             Judgment(
-                verdict=record.verdict,
-                reason=record.reasons[0] if record.reasons else "",
-                rules_commit=record.rules_commit,
-                rules_note=record.rules_note,
-                models={record.model.name: record.model.sha256} if record.model else {},
-                pipeline_versions=record.pipeline_versions,
+                verdict=judged.verdict,
+                reason=judged.reason,
+                rules_commit=judged.rules_commit,
+                rules_note=judged.rules_note,
+                models=judged.models,
+                pipeline_versions=judged.pipeline_versions,
                 judged_at=version.committed_at,
                 commit=version.commit,
-                image_sha256=record.image_sha256,
+                image_sha256=judged.content_sha256,
                 verdict_sha256=version.sha256,
-                notified_at=min(sent) if record.verdict == "alert" and sent else None,
+                notified_at=min(sent) if judged.verdict == "alert" and sent else None,
                 current=version.removed_by is None,
             )
         )

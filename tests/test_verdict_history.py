@@ -193,3 +193,29 @@ def test_compare_counts_only_the_compared_pipelines_flips(
         ("/back/astronaut.png", "alert", "dismiss", first_rules),
     }
     assert {v.verdict for v in _verdicts(ws).values()} == {"alert"}  # the real workspace is untouched
+
+
+def test_file_versions_lists_every_version_of_one_path_with_the_commits_that_wrote_and_replaced_it(
+    make_workspace: Callable[..., Workspace],
+) -> None:
+    pfs = make_workspace(init=False).pfs
+    pfs.create_repo("data")
+    commits = []
+    for change in (b"one", b"two", None, b"one"):  # write, overwrite, delete, write again
+        builder = pfs.start_commit("data")
+        builder.put_bytes("/other/file", change or b"untouched")
+        if change is None:
+            builder.delete("/cam/a.json")
+        else:
+            builder.put_bytes("/cam/a.json", change)
+        commits.append(builder.finish())
+    versions = pfs.file_versions("data", "cam/a.json")
+    assert [(v.commit, v.removed_by) for v in versions] == [
+        (commits[0].id, commits[1].id),
+        (commits[1].id, commits[2].id),
+        (commits[3].id, None),
+    ]
+    assert versions[0].sha256 == versions[2].sha256 != versions[1].sha256 and versions[1].size == 3
+    assert [v.committed_at for v in versions] == [commits[0].created_at, commits[1].created_at, commits[3].created_at]
+    assert versions[0].removed_at == commits[1].created_at
+    assert pfs.file_versions("data", "/cam/never.json") == []

@@ -273,7 +273,7 @@ def explain(
         return _explain_clip(pfs, clip, as_json)
     stored = find_verdict(pfs, alarm)
     rejudged = rejudgement_of(pfs, stored.folder)
-    history = _history(stored.folder)
+    history = _history(pfs, stored.folder)
     if as_json:
         data = stored.record.model_dump(mode="json")
         data["rejudged"] = rejudged.model_dump(mode="json") if rejudged else None
@@ -283,11 +283,16 @@ def explain(
         console.print(line, highlight=False, soft_wrap=True)
 
 
-def _history(folder: str) -> Any:
+def _history(pfs: Any, folder: str) -> Any:
     from alarmsieve.history import verdict_history
 
-    ws = workspace()
-    return verdict_history(ws.pfs, ws.catalog_url, folder)
+    return verdict_history(pfs, pfs.catalog_url, folder)  # the ledger lives in the same catalog
+
+
+def _clip_history(pfs: Any, clip: str) -> Any:
+    from alarmsieve.history import clip_history
+
+    return clip_history(pfs, pfs.catalog_url, clip)
 
 
 def history_lines(history: Any) -> list[str]:
@@ -340,13 +345,14 @@ def _explain_clip(pfs: Any, clip: Any, as_json: bool) -> None:
         frame = stored.record.model_dump(mode="json") if stored is not None else None
         if frame is not None and stored is not None:
             frame["rejudged"] = rejudged.model_dump(mode="json") if rejudged else None
-            frame["history"] = _history(stored.folder).model_dump(mode="json")
+            frame["history"] = _history(pfs, stored.folder).model_dump(mode="json")
         data["deciding_frame_verdict"] = frame
+        data["history"] = _clip_history(pfs, clip.clip).model_dump(mode="json")
         return emit_json([data])
-    lines = clip_explain_lines(clip)
+    lines = [*clip_explain_lines(clip), *history_lines(_clip_history(pfs, clip.clip))]
     if stored is not None:
         lines.append(f"deciding frame {clip.deciding_frame}:")
-        lines += [f"  {line}" for line in [*explain_lines(stored, rejudged), *history_lines(_history(stored.folder))]]
+        lines += [f"  {line}" for line in explain_lines(stored, rejudged)]
     for line in lines:
         console.print(line, highlight=False, soft_wrap=True)
 

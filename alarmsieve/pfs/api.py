@@ -611,11 +611,16 @@ class Pfs:
         path = normalize_path(path)
         with self.session() as s:
             r = self._resolve(s, repo, branch)
-            rows = s.execute(
-                select(FileRow.sha256, FileRow.size, FileRow.tag, FileRow.added_seq, FileRow.removed_seq)
-                .where(FileRow.repo_id == r.repo_id, FileRow.branch == r.branch, FileRow.path == path)
-                .order_by(FileRow.added_seq)
-            ).all()
+            # sorted here: an ORDER BY added_seq makes SQLite walk the repo's added_seq index instead of
+            # finding the path's few rows by the path index
+            rows = sorted(
+                s.execute(
+                    select(FileRow.sha256, FileRow.size, FileRow.tag, FileRow.added_seq, FileRow.removed_seq).where(
+                        FileRow.repo_id == r.repo_id, FileRow.branch == r.branch, FileRow.path == path
+                    )
+                ).all(),
+                key=lambda row: row.added_seq,
+            )
             seqs = {seq for row in rows for seq in (row.added_seq, row.removed_seq) if seq is not None}
             commits = {
                 seq: (cid, _aware(created))
