@@ -77,7 +77,7 @@ class BurstFrame:
 
 class AssessStage(Stage):
     name = "assess"
-    code_version = "2"  # 2: bursts
+    code_version = "3"  # 2: bursts; 3: an alarm judged again keeps its rules (rules_for_alarm)
 
     def __init__(self, args: list[str], services: StageServices) -> None:
         super().__init__(args, services)
