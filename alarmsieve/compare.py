@@ -93,9 +93,10 @@ def _holding(spec: PipelineSpec, candidate: bool) -> PipelineSpec:
 class _Held:
     """What the shadows hold as it was: the alarms' current verdicts and the rules commits they name."""
 
-    def __init__(self, ws: Workspace) -> None:
+    def __init__(self, ws: Workspace, *, judging: bool) -> None:
         self.verdicts: dict[str, VerdictRecord] = {}  # folder in assess -> current verdict
-        if ws.pfs.repo_exists(ASSESS_REPO) and ws.pfs.head(ASSESS_REPO) is not None:
+        # without an assess run in the shadow only the rules head is needed (as an input)
+        if judging and ws.pfs.repo_exists(ASSESS_REPO) and ws.pfs.head(ASSESS_REPO) is not None:
             for info in ws.pfs.walk(ASSESS_REPO, "master"):
                 if info.path.endswith("/" + VERDICT_FILE) and info.sha256:
                     raw = ws.pfs.objects.get_bytes(info.sha256)
@@ -190,7 +191,7 @@ def compare_pipeline(ws: Workspace, name: str, candidate: PipelineSpec, *, on: s
             chosen.add(pipeline)
     order = [p for p in ws.pps.topological_order() if p in chosen]
     refs = {repo: on for repo in candidate.input_repos()} if on else {}
-    held = _Held(ws)
+    held = _Held(ws, judging=any(is_assess(specs[p]) for p in order))
     with tempfile.TemporaryDirectory(prefix="alarmsieve-compare-") as tmp:
         shadow, inputs, real_rules = _run_shadow(
             ws, Path(tmp) / "candidate", order, specs, held, candidate=name, refs=refs
