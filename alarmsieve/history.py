@@ -49,7 +49,9 @@ class Judgment(BaseModel):
     commit: str  # that assess commit
     image_sha256: str
     verdict_sha256: str  # the verdict.json version's body (a rerun writing the same bytes is the same judgment)
-    notified_at: datetime | None  # when this judgment's alert was delivered (None: not notified)
+    notification_key: str  # the ledger key (alarm path + image sha256): one notification per key, ever
+    notified_at: datetime | None  # when this judgment's alert was delivered (None: not by this judgment)
+    already_notified_at: datetime | None = None  # an alert whose key was delivered before it was judged
     current: bool
 
 
@@ -159,7 +161,6 @@ def _history(
         key = judged.notification_key
         if key not in deliveries:
             deliveries[key] = _deliveries(catalog_url, key)
-        sent = [d.sent_at for d in deliveries[key] if d.state == "sent" and d.sent_at is not None]
         judgments.append(
             Judgment(
                 verdict=judged.verdict,
@@ -172,16 +173,33 @@ def _history(
                 commit=version.commit,
                 image_sha256=judged.content_sha256,
                 verdict_sha256=version.sha256,
-                notified_at=min(sent) if judged.verdict == "alert" and sent else None,
+                notification_key=key,
+                notified_at=None,
                 current=version.removed_by is None,
             )
         )
+    _attribute_notifications(judgments, deliveries)
     return VerdictHistory(
         alarm=alarm,
         judgments=judgments,
         deliveries=[d for rows in deliveries.values() for d in rows],
         flip=flip_text(judgments),
     )
+
+
+def _attribute_notifications(judgments: list[Judgment], deliveries: dict[str, list[Delivery]]) -> None:
+    """A delivery belongs to the alert judgment in force when it was sent (from its commit to the next one)."""
+    for n, j in enumerate(judgments):
+        if j.verdict != "alert":
+            continue
+        sent = sorted(d.sent_at for d in deliveries[j.notification_key] if d.state == "sent" and d.sent_at is not None)
+        until = judgments[n + 1].judged_at if n + 1 < len(judgments) else None
+        during = [t for t in sent if t >= j.judged_at and (until is None or t < until)]
+        before = [t for t in sent if t < j.judged_at]
+        if during:
+            j.notified_at = during[0]
+        elif before:
+            j.already_notified_at = before[0]
 
 
 def flip_text(judgments: list[Judgment]) -> str | None:

@@ -94,6 +94,7 @@ def test_reprocess_keeps_the_notified_alert_and_rules_head_shows_the_flip(
     [delivery] = history["deliveries"]
     assert delivery["state"] == "sent" and delivery["channel"] == "outbox"
     assert judged[0]["notified_at"] == delivery["sent_at"] and history["flip"] is None
+    assert judged[1]["notified_at"] is None and judged[1]["already_notified_at"] == delivery["sent_at"]
 
     # the operator asks for the head: the alarm is re-judged under it, and the history says it flipped
     code, out, err = _cli(

@@ -301,7 +301,11 @@ def history_lines(history: Any) -> list[str]:
     for j in history.judgments:
         models = ", ".join(f"{name} {sha[:12]}" for name, sha in j.models.items()) or "no model"
         versions = ", ".join(j.pipeline_versions.values())
-        notified = f"; notified {j.notified_at.isoformat(timespec='seconds')}" if j.notified_at else ""
+        notified = ""
+        if j.notified_at:
+            notified = f"; notified {j.notified_at.isoformat(timespec='seconds')}"
+        elif j.already_notified_at:
+            notified = f"; already notified {j.already_notified_at.isoformat(timespec='seconds')} (not sent again)"
         now = " (current)" if j.current else ""
         lines.append(
             f"  {j.judged_at.isoformat(timespec='seconds')} {j.verdict.upper()}{now} under rules "
