@@ -137,6 +137,15 @@ def test_reprocess_keeps_the_notified_alert_and_rules_head_shows_the_flip(
     assert code == 0, err
     assert "past alarms re-judged with --rules first" in out
     assert "--rejudge-rules" not in ws.pps.get_spec("assess")[0].transform.cmd
+    # a rules commit that changes no rule (a comment-only file) leaves nothing to hold: the head is recorded
+    same_rules = commit_rules(ws.pfs, {"/notes.yaml": b"# to do: the back gate\n"}, message="notes").id
+    _run(ws)
+    found = _verdicts(ws)
+    assert {a: (v.verdict, v.rules_commit, v.rules_note) for a, v in found.items()} == {
+        "/front/astronaut.png": ("dismiss", same_rules, ""),
+        "/front/later.png": ("dismiss", same_rules, ""),
+    }
+    assert len(list(ws.outbox.glob("*.eml"))) == 1
 
 
 def test_rules_flag_mistakes_are_one_clear_line(make_workspace: Callable[..., Workspace]) -> None:

@@ -110,6 +110,7 @@ class AssessStage(Stage):
         history_repo, _, history_branch = opts.history.partition("@")
         self.history_repo, self.history_branch = history_repo or None, history_branch or "master"
         self._unreadable: dict[str, str] = {}  # rules commit -> why its rules cannot judge
+        self._same: dict[tuple[str, str], bool] = {}  # (rules commit, head) -> same rules
         self._frames: dict[str, list[BurstFrame]] = {}  # camera -> its frames, read once per job
         self._frames_job: str | None = None
         self._job: str | None = None
@@ -261,12 +262,22 @@ class AssessStage(Stage):
             note = f"the rules it was judged with, {where}, cannot judge ({why}); judged by the rules in force"
             ctx.log.warning("assess: %s: %s", rel, note)
             return replace(in_force, note="; ".join(n for n in (in_force.note, note) if n))
+        if in_force.commit is not None and not in_force.note and self._same_rules(first, in_force):
+            return in_force  # e.g. the commits since changed only notify.json: nothing to hold
         head = in_force.commit or BUILTIN
         note = (
             f"judged again with the rules it was first judged with, {where} (in force now: {head}); "
             "`update pipeline --reprocess --rules head` re-judges under the head"
         )
         return RulesInForce(first, rules, note)
+
+    def _same_rules(self, commit: str, in_force: RulesInForce) -> bool:
+        """Whether the rules of ``commit`` are those in force (compared once per pair of commits)."""
+        pair = (commit, in_force.commit or "")
+        same = self._same.get(pair)
+        if same is None:
+            same = self._same[pair] = self._by_commit[commit].model_dump() == in_force.rules.model_dump()
+        return same
 
     def rules_for(self, ctx: DatumContext) -> tuple[str | None, RuleSet]:
         """(commit, rules) in force for this job (kept for callers of the first version)."""
