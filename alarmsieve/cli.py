@@ -185,10 +185,25 @@ def create_pipeline(
 def update_pipeline(
     file: Annotated[str, typer.Option("--file", "-f", help="spec file (JSON or YAML), - for stdin")],
     reprocess: Annotated[bool, typer.Option(help="run every datum again with the new version")] = False,
+    rules: Annotated[
+        str | None,
+        typer.Option(
+            "--rules",
+            help="with --reprocess: rules that re-judge past alarms: first (default: each alarm's own) or head",
+        ),
+    ] = None,
 ) -> None:
     """Update pipelines to the spec in FILE; only new data meets the new version unless --reprocess."""
+    from alarmsieve.rejudge import parse_choice, set_downstream, with_rejudge_rules
+
+    if rules is not None and not reprocess:
+        fail("--rules goes with --reprocess (it says which rules re-judge the alarms run again)", 2)
+    choice = parse_choice(rules or "first")
     ws = workspace()
+    updated = []
     for spec in _read_specs(file):
+        if reprocess:
+            spec = with_rejudge_rules(spec, choice)
         identity = ws.stage_identity(spec)
         version, what = ws.pps.create_pipeline(
             spec, update=True, reprocess=reprocess, identity=identity, code_dir=_spec_dir(file)
@@ -199,6 +214,10 @@ def update_pipeline(
             else what
         )
         console.print(f"pipeline {spec.name}: {note} (version {version})")
+        updated.append(spec.name)
+    if reprocess:  # the assess pipelines downstream judge the reprocessed alarms with the chosen rules
+        for name, version, what in set_downstream(ws.pps, updated, choice):
+            console.print(f"pipeline {name}: {what}: past alarms re-judged with --rules {choice} (version {version})")
 
 
 def _spec_dir(file: str) -> Path:

@@ -175,6 +175,7 @@ def detail(request: Request, alarm_id: str, who: Operator, saved: str | None = N
     record: VerdictRecord | None = read_verdict(state.ws, alarm_id)
     notification, ledger = _notification(state, alarm_id)
     received = state.ingestor.received(alarm_id)
+    history = _history(state, alarm_id) if record is not None else None
     return _page(
         request,
         "detail.html",
@@ -188,7 +189,15 @@ def detail(request: Request, alarm_id: str, who: Operator, saved: str | None = N
         metadata=json.loads(received.metadata_json) if received else {},
         feedback=read_feedback(state.ws, alarm_id),
         saved=saved,
+        history=history,
     )
+
+
+def _history(state: Any, alarm_id: str) -> Any:
+    """Every judgment of the alarm and its notifications (the page's "History" section)."""
+    from alarmsieve.history import verdict_history
+
+    return verdict_history(state.ws.pfs, state.ws.catalog_url, f"/{alarm_id}")
 
 
 def _exists(state: Any, alarm_id: str) -> bool:

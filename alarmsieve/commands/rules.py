@@ -273,12 +273,52 @@ def explain(
         return _explain_clip(pfs, clip, as_json)
     stored = find_verdict(pfs, alarm)
     rejudged = rejudgement_of(pfs, stored.folder)
+    history = _history(pfs, stored.folder)
     if as_json:
         data = stored.record.model_dump(mode="json")
         data["rejudged"] = rejudged.model_dump(mode="json") if rejudged else None
+        data["history"] = history.model_dump(mode="json")
         return emit_json([data])
-    for line in explain_lines(stored, rejudged):
+    for line in [*explain_lines(stored, rejudged), *history_lines(history)]:
         console.print(line, highlight=False, soft_wrap=True)
+
+
+def _history(pfs: Any, folder: str) -> Any:
+    from alarmsieve.history import verdict_history
+
+    return verdict_history(pfs, pfs.catalog_url, folder)  # the ledger lives in the same catalog
+
+
+def _clip_history(pfs: Any, clip: str) -> Any:
+    from alarmsieve.history import clip_history
+
+    return clip_history(pfs, pfs.catalog_url, clip)
+
+
+def history_lines(history: Any) -> list[str]:
+    """Every judgment of the alarm, oldest first, with its rules, models and notification."""
+    lines = [f"history ({len(history.judgments)} judgment(s)):"]
+    for j in history.judgments:
+        models = ", ".join(f"{name} {sha[:12]}" for name, sha in j.models.items()) or "no model"
+        versions = ", ".join(j.pipeline_versions.values())
+        notified = ""
+        if j.notified_at:
+            notified = f"; notified {j.notified_at.isoformat(timespec='seconds')}"
+        elif j.already_notified_at:
+            notified = f"; already notified {j.already_notified_at.isoformat(timespec='seconds')} (not sent again)"
+        now = " (current)" if j.current else ""
+        lines.append(
+            f"  {j.judged_at.isoformat(timespec='seconds')} {j.verdict.upper()}{now} under rules "
+            f"{j.rules_commit or 'built-in'}; {models}; {versions}{notified}"
+        )
+        if j.rules_note:
+            lines.append(f"      {j.rules_note}")
+    for d in history.deliveries:
+        when = d.sent_at.isoformat(timespec="seconds") if d.sent_at else "-"
+        lines.append(f"  notification {d.channel} to {d.recipient}: {d.state} {when}")
+    if history.flip:
+        lines.append(f"flipped: {history.flip}")
+    return lines
 
 
 def clip_explain_lines(clip: Any) -> list[str]:
@@ -307,11 +347,13 @@ def _explain_clip(pfs: Any, clip: Any, as_json: bool) -> None:
     if as_json:
         data = {"kind": "clip", **clip.model_dump(mode="json")}
         frame = stored.record.model_dump(mode="json") if stored is not None else None
-        if frame is not None:
+        if frame is not None and stored is not None:
             frame["rejudged"] = rejudged.model_dump(mode="json") if rejudged else None
+            frame["history"] = _history(pfs, stored.folder).model_dump(mode="json")
         data["deciding_frame_verdict"] = frame
+        data["history"] = _clip_history(pfs, clip.clip).model_dump(mode="json")
         return emit_json([data])
-    lines = clip_explain_lines(clip)
+    lines = [*clip_explain_lines(clip), *history_lines(_clip_history(pfs, clip.clip))]
     if stored is not None:
         lines.append(f"deciding frame {clip.deciding_frame}:")
         lines += [f"  {line}" for line in explain_lines(stored, rejudged)]

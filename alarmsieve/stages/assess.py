@@ -5,6 +5,13 @@ commit in every verdict, and a later rules commit does not re-judge old alarms (
 of the datum, so they do not change its hash). Under a real Pachyderm, cross the input with the
 ``rules`` repo and the stage reads them from ``<pfs>/rules`` instead.
 
+An alarm judged again (a reprocess upstream, a restarted datum) keeps the rules it was judged with:
+the stage reads the alarm's current verdict from its own output repo (``--history``) and, when it is
+a verdict of the same image, judges with that verdict's rules commit (:meth:`AssessStage.rules_for_alarm`).
+``--rejudge-rules head`` judges it with the head instead (``update pipeline --reprocess --rules head``
+sets it). So a reprocess of ``detect`` never turns a notified alert into a dismiss because of a rules
+commit made since; ``rules what-if`` is the tool for re-judging history under new rules.
+
 A bad rules commit never takes effect: ``alarmsieve rules put`` refuses it, and should one land
 anyway (a plain ``put file``), this stage keeps judging with the last valid rules it knows — kept
 in memory and in ``<workspace>/cache/rules/`` so a fresh worker knows them too — and says so in
@@ -25,7 +32,7 @@ import argparse
 import base64
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -47,6 +54,7 @@ from alarmsieve.stages.records import (
 from alarmsieve.vision.models import COCO_LABELS
 
 BUILTIN = "built-in defaults"
+REJUDGE_CHOICES = ("first", "head")  # the rules that judge an alarm judged before (module doc)
 
 
 @dataclass(frozen=True)
@@ -69,7 +77,7 @@ class BurstFrame:
 
 class AssessStage(Stage):
     name = "assess"
-    code_version = "2"  # 2: bursts
+    code_version = "3"  # 2: bursts; 3: an alarm judged again keeps its rules (rules_for_alarm)
 
     def __init__(self, args: list[str], services: StageServices) -> None:
         super().__init__(args, services)
@@ -77,6 +85,17 @@ class AssessStage(Stage):
         parser.add_argument("--rules", default="rules@master", help="REPO@BRANCH holding the rules YAML files")
         parser.add_argument(
             "--frames", default="detect@master", help="REPO@BRANCH of the detections that bursts look at (none: off)"
+        )
+        parser.add_argument(
+            "--rejudge-rules",
+            choices=REJUDGE_CHOICES,
+            default="first",
+            help="an alarm judged before: first = with the rules of its verdict, head = with the rules in force",
+        )
+        parser.add_argument(
+            "--history",
+            default="",
+            help="REPO@BRANCH of the alarms' current verdicts (default: this pipeline's own output repo)",
         )
         try:
             opts = parser.parse_args(args)
@@ -87,6 +106,11 @@ class AssessStage(Stage):
         frames_repo, _, frames_branch = opts.frames.partition("@")
         self.frames_repo = None if frames_repo == "none" else frames_repo
         self.frames_branch = frames_branch or "master"
+        self.rejudge_rules: str = opts.rejudge_rules
+        history_repo, _, history_branch = opts.history.partition("@")
+        self.history_repo, self.history_branch = history_repo or None, history_branch or "master"
+        self._unreadable: dict[str, str] = {}  # rules commit -> why its rules cannot judge
+        self._same: dict[tuple[str, str], bool] = {}  # (rules commit, head) -> same rules
         self._frames: dict[str, list[BurstFrame]] = {}  # camera -> its frames, read once per job
         self._frames_job: str | None = None
         self._job: str | None = None
@@ -173,6 +197,88 @@ class AssessStage(Stage):
         self._job, self._in_force = ctx.job_id, in_force
         return in_force
 
+    # --- re-judging: the rules an alarm was judged with ------------------------------------------
+    def previous_verdict(self, ctx: DatumContext, rel: str) -> VerdictRecord | None:
+        """The alarm's current verdict in the history repo (this pipeline's output), if it has one."""
+        repo = self.history_repo or ctx.pipeline
+        if not repo or self.services.read_files is None:
+            return None
+        folder = "/" + rel.strip("/")
+        path = f"{folder}/{VERDICT_FILE}"
+        try:
+            snapshot = self.services.read_files(repo, self.history_branch, folder, VERDICT_FILE)
+        except Exception as exc:  # no history repo (yet): a new alarm, not a failure
+            ctx.log.debug("assess: no previous verdict of %s in %s: %s", rel, repo, exc)
+            return None
+        raw = snapshot.files.get(path)
+        if raw is None:
+            return None
+        try:
+            return VerdictRecord.model_validate_json(raw)
+        except ValidationError:
+            ctx.log.warning(
+                "assess: %s@%s%s is not a verdict record; judged as a new alarm", repo, snapshot.commit_id, path
+            )
+            return None
+
+    def rules_at(self, ctx: DatumContext, commit: str) -> RuleSet | None:
+        """The rules of one rules commit (parsed once per commit); None, with the reason kept, if unusable."""
+        rules = self._by_commit.get(commit)
+        if rules is not None or commit in self._unreadable or self.services.read_repo is None:
+            return rules
+        try:
+            snapshot = self.services.read_repo(self.rules_repo, commit)
+        except Exception as exc:  # a deleted rules commit: judge with the head, and say so
+            self._unreadable[commit] = f"it cannot be read: {exc}"
+            return None
+        if snapshot.commit_id != commit:
+            self._unreadable[commit] = "it is not in the rules repo any more"
+            return None
+        try:
+            rules = self._by_commit[commit] = load_rules(snapshot.files, known_labels=COCO_LABELS)
+        except RulesError as exc:
+            self._unreadable[commit] = f"it is invalid: {exc}"
+            return None
+        return rules
+
+    def rules_for_alarm(self, ctx: DatumContext, in_force: RulesInForce, rel: str, image_sha256: str) -> RulesInForce:
+        """The rules that judge this alarm: those of its current verdict when it was judged before.
+
+        A new alarm, a new image at the same path, ``--rejudge-rules head`` or a verdict without a rules
+        commit (built-in or crossed-in rules) are judged by the rules in force, as before.
+        """
+        if self.rejudge_rules == "head" or (ctx.pfs / self.rules_repo).is_dir():  # crossed-in rules: as given
+            return in_force
+        previous = self.previous_verdict(ctx, rel)
+        if previous is None or previous.image_sha256 != image_sha256 or previous.rules_commit is None:
+            return in_force
+        first = previous.rules_commit
+        if first == in_force.commit:
+            return in_force
+        rules = self.rules_at(ctx, first)
+        where = f"{self.rules_repo}@{first}"
+        if rules is None:
+            why = self._unreadable.get(first, "the rules repo cannot be read here")
+            note = f"the rules it was judged with, {where}, cannot judge ({why}); judged by the rules in force"
+            ctx.log.warning("assess: %s: %s", rel, note)
+            return replace(in_force, note="; ".join(n for n in (in_force.note, note) if n))
+        if in_force.commit is not None and not in_force.note and self._same_rules(first, in_force):
+            return in_force  # e.g. the commits since changed only notify.json: nothing to hold
+        head = in_force.commit or BUILTIN
+        note = (
+            f"judged again with the rules it was first judged with, {where} (in force now: {head}); "
+            "`update pipeline --reprocess --rules head` re-judges under the head"
+        )
+        return RulesInForce(first, rules, note)
+
+    def _same_rules(self, commit: str, in_force: RulesInForce) -> bool:
+        """Whether the rules of ``commit`` are those in force (compared once per pair of commits)."""
+        pair = (commit, in_force.commit or "")
+        same = self._same.get(pair)
+        if same is None:
+            same = self._same[pair] = self._by_commit[commit].model_dump() == in_force.rules.model_dump()
+        return same
+
     def rules_for(self, ctx: DatumContext) -> tuple[str | None, RuleSet]:
         """(commit, rules) in force for this job (kept for callers of the first version)."""
         found = self.rules_in_force(ctx)
@@ -180,9 +286,10 @@ class AssessStage(Stage):
 
     # --- judging ----------------------------------------------------------------------------------
     def process(self, ctx: DatumContext) -> None:
-        in_force = self.rules_in_force(ctx)
+        head_rules = self.rules_in_force(ctx)
         for folder, rel in alarm_folders(ctx, DETECTIONS_FILE):
             record = read_record(folder / DETECTIONS_FILE, DetectionsRecord)
+            in_force = self.rules_for_alarm(ctx, head_rules, rel, record.meta.sha256)
             verdict = self.assess_one(record, in_force.rules, in_force.commit, folder, ctx)
             burst = in_force.rules.for_camera(verdict.camera).burst
             # only a review-band detection can change with the burst: read the history only then
