@@ -19,7 +19,8 @@
    recall and suppression in every condition.
 
 Run alone: ``python -m benchmarks.bench_quality [--quick] [--json FILE]`` (about 12 minutes on 2 cores;
-``--quick`` skips 4.). In ``run_all``: ``figures, found = bench_quality.run(shared)``.
+``--quick`` runs 2. with the default tiling only and skips 4.: about 4 minutes on an idle machine).
+In ``run_all``: ``figures, found = bench_quality.run(shared)``.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ CCTV_RECALL = 0.95  # overall and in every condition with at least CCTV_MIN_PERS
 CCTV_MIN_PERSONS = 5
 CCTV_SUPPRESSION = 0.92
 COST_RATIO = 2.5  # mean detect time per frame against today's detector (YOLOX-Nano, auto tiling)
+REFERENCE_DETECT_CMD = ("alarmsieve", "stage", "detect", "--model", "yolox-nano")  # pipelines/detect.json, 2026-12-03
 
 SMALL = 0.02
 REPEATS = 3  # timing: best of 3 runs per 640x480 image and variant
@@ -157,11 +159,14 @@ def _combined(reports: list[Any], attr: str) -> Any:
     return proportion(k, n)
 
 
-def targets_on_shared(shared: SharedData) -> tuple[dict[str, Any], list[Target]]:
+def targets_on_shared(shared: SharedData, *, quick: bool = False) -> tuple[dict[str, Any], list[Target], Any]:
+    """The figures, the targets and the default pipeline's COCO128 report (its detect time is used in 3.).
+    ``quick``: the default tiling only (the off / on comparison is in the full run)."""
     coco = shared.root / "datasets/coco128/train2017"
     figures: dict[str, Any] = {}
     targets = []
-    for name, args in TILINGS.items():
+    default_coco = None
+    for name, args in list(TILINGS.items())[:1] if quick else TILINGS.items():
         reports = [
             _eval(shared, coco / "images", coco / "labels", args),
             _eval(shared, shared.root / "images", shared.root / "images/labels.csv", args),
@@ -186,11 +191,13 @@ def targets_on_shared(shared: SharedData) -> tuple[dict[str, Any], list[Target]]
         )
         say(f"tiling {name}: suppression, no person and no vehicle {supp.text()}")
         figures[f"tiling {name}"]["coco128_detect_ms_mean"] = reports[0].detect_ms_mean
+        if not args:
+            default_coco = reports[0]
         targets.append(
             at_least(f"recall, persons >= 0.5 % of frame (tiling {name})", recall.rate, 1.0, note=recall.text())
         )
         targets.append(at_least(f"suppression, no person/vehicle (tiling {name})", supp.rate, 0.98, note=supp.text()))
-    return figures, targets
+    return figures, targets, default_coco
 
 
 def robustness(shared: SharedData) -> tuple[dict[str, Any], list[Target]]:
@@ -243,29 +250,29 @@ def _summed(groups: list[Any], attr: str) -> dict[str, Any]:
     return {name: proportion(k, n) for name, (k, n) in sorted(out.items())}
 
 
-def reference_detect_ms(shared: SharedData, frames: list[Path]) -> float | None:
-    """Mean ms per frame of today's detector (YOLOX-Nano, ``auto`` tiling, one thread) on ``frames``."""
-    import cv2
-
-    from alarmsieve.vision.detector import create_detector
-    from alarmsieve.vision.models import locate_model
-    from alarmsieve.vision.tiling import TiledDetector, TilingConfig
-
-    cv2.setNumThreads(1)
-    base = create_detector("onnx", model=locate_model("yolox-nano", model_dir=shared.model_dir, allow_download=False))
-    detector = TiledDetector(base, TilingConfig(mode="auto"))
-    times = []
-    for path in frames:
-        image = cv2.imread(str(path))
-        if image is None:
-            continue
-        began = time.perf_counter()
-        detector.detect(image)
-        times.append((time.perf_counter() - began) * 1000)
-    return round(statistics.fmean(times), 2) if times else None
+def _mean_ms(reports: list[Any]) -> float | None:
+    """Mean ``inference_ms`` per frame over the reports' frames (each report's mean, weighted by its frames)."""
+    timed = [r for r in reports if r.detect_ms_mean is not None and r.detect_ms_frames]
+    frames = sum(r.detect_ms_frames for r in timed)
+    return round(sum(r.detect_ms_mean * r.detect_ms_frames for r in timed) / frames, 2) if frames else None
 
 
-def cctv_dev(shared: SharedData, coco_detect_ms: float | None) -> tuple[dict[str, Any], list[Target]]:
+def reference_pipelines(folder: Path) -> Path:
+    """The default pipelines with today's detect stage pinned (YOLOX-Nano alone, the stage's default tiling),
+    so the cost of whatever the default detect stage becomes is compared in the same run, same conditions."""
+    from alarmsieve.workspace import default_pipelines_dir
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for spec in default_pipelines_dir().glob("*.json"):
+        data = json.loads(spec.read_text())
+        if data.get("pipeline", {}).get("name") == "detect":
+            data["transform"]["cmd"] = list(REFERENCE_DETECT_CMD)
+        (folder / spec.name).write_text(json.dumps(data, indent=2))
+    return folder
+
+
+def cctv_dev(shared: SharedData, coco_report: Any | None) -> tuple[dict[str, Any], list[Target]]:
+    """``coco_report``: the default pipeline's eval of COCO128 (section 2), for its detect time."""
     from alarmsieve.config import Settings
     from alarmsieve.evaluate import run_eval
     from alarmsieve.quality.stats import proportion
@@ -327,28 +334,24 @@ def cctv_dev(shared: SharedData, coco_detect_ms: float | None) -> tuple[dict[str
     say(f"cctv-dev all frames: recall {recall.text()}; alerted {alerted.text()}; suppression {supp.text()}")
     counted = {name: p for name, p in by_condition.items() if p.n >= CCTV_MIN_PERSONS}
     worst = min(counted, key=lambda name: counted[name].rate or 0.0) if counted else None
-    # cost: the pipeline's own detect time against today's detector on the same frames, this run
-    frames = sorted((root / "images").glob("*")) + sorted((shared.root / "datasets/coco128/train2017/images").glob("*"))
-    reference = reference_detect_ms(shared, frames)
-    records = [r.detect_ms_mean for r in both if r.detect_ms_mean is not None]
-    weights = [r.detect_ms_frames for r in both if r.detect_ms_mean is not None]
-    cctv_ms = round(sum(m * w for m, w in zip(records, weights, strict=True)) / sum(weights), 2) if weights else None
-    coco_frames = len(list((shared.root / "datasets/coco128/train2017/images").glob("*")))
-    # the same frames as the reference: cctv-dev single frames + COCO128
-    pipeline_ms = (
-        None
-        if singles.detect_ms_mean is None or coco_detect_ms is None
-        else round(
-            (singles.detect_ms_mean * singles.detect_ms_frames + coco_detect_ms * coco_frames)
-            / (singles.detect_ms_frames + coco_frames),
-            2,
-        )
-    )
-    ratio = round(pipeline_ms / reference, 2) if pipeline_ms and reference else None
+    # cost: the default detect stage's own inference_ms against today's (pinned) on cctv-dev single frames
+    # + COCO128, both through the pipeline (2 detect workers), one after the other in this run
+    coco = shared.root / "datasets/coco128/train2017"
+    with temp_folder("reference") as tmp:
+        pinned = reference_pipelines(tmp / "pipelines")
+        reference = [
+            run_eval(root / "images", root / "labels.csv", base=base, pipelines_dir=pinned),
+            run_eval(coco / "images", coco / "labels", base=base, pipelines_dir=pinned),
+        ]
+    reference_ms = _mean_ms(reference)
+    default_ms = _mean_ms([singles, coco_report]) if coco_report is not None else None
+    ratio = round(default_ms / reference_ms, 2) if default_ms and reference_ms else None
     say(
-        f"detect time per frame (DetectionsRecord.inference_ms): cctv-dev mean {cctv_ms} ms, COCO128 mean "
-        f"{coco_detect_ms} ms; today's detector (YOLOX-Nano, auto tiling, timed now on cctv-dev single frames "
-        f"+ COCO128): {reference} ms"
+        f"detect time per frame (DetectionsRecord.inference_ms, pipeline with 2 detect workers): cctv-dev single "
+        f"frames {singles.detect_ms_mean} ms, sequences {sequences.detect_ms_mean} ms, COCO128 "
+        f"{coco_report.detect_ms_mean if coco_report else None} ms; today's detect stage pinned "
+        f"({' '.join(REFERENCE_DETECT_CMD[3:])}) on cctv-dev single frames {reference[0].detect_ms_mean} ms, "
+        f"COCO128 {reference[1].detect_ms_mean} ms"
     )
     figures["all frames"] = {
         "recall": recall.model_dump(),
@@ -358,7 +361,16 @@ def cctv_dev(shared: SharedData, coco_detect_ms: float | None) -> tuple[dict[str
         "alerted_per_condition": {k: v.model_dump() for k, v in alerted_by_condition.items()},
         "suppression_per_condition": {k: v.model_dump() for k, v in supp_by_condition.items()},
     }
-    figures["detect_ms"] = {"cctv_dev_mean": cctv_ms, "coco128_mean": coco_detect_ms, "reference_mean": reference}
+    figures["detect_ms"] = {
+        "cctv_dev_single_frames_mean": singles.detect_ms_mean,
+        "cctv_dev_sequences_mean": sequences.detect_ms_mean,
+        "coco128_mean": coco_report.detect_ms_mean if coco_report else None,
+        "default_mean_cctv_single_and_coco128": default_ms,
+        "reference_cctv_single_frames_mean": reference[0].detect_ms_mean,
+        "reference_coco128_mean": reference[1].detect_ms_mean,
+        "reference_mean_cctv_single_and_coco128": reference_ms,
+        "ratio": ratio,
+    }
     events = proportion(sum(e.reached for e in sequences.events), len(sequences.events))
     targets = [
         at_least("cctv-dev recall (alert or review), all frames", recall.rate, CCTV_RECALL, note=recall.text()),
@@ -375,7 +387,7 @@ def cctv_dev(shared: SharedData, coco_detect_ms: float | None) -> tuple[dict[str
             ratio,
             COST_RATIO,
             "x",
-            note=f"pipeline {pipeline_ms} ms, YOLOX-Nano auto {reference} ms",
+            note=f"default detect stage {default_ms} ms, today's (YOLOX-Nano, pinned) {reference_ms} ms",
         ),
     ]
     return figures, targets
@@ -392,10 +404,10 @@ def run(shared: SharedData, *, quick: bool = False) -> tuple[dict[str, Any], lis
     f, t = tiling_gain(shared)
     figures["tiling"], targets = f, targets + t
     say("== quality 2. eval targets: COCO128 + ../shared/images, default rules ==")
-    f, t = targets_on_shared(shared)
+    f, t, coco_report = targets_on_shared(shared, quick=quick)
     figures["targets"], targets = f, targets + t
     say("== quality 3. cctv-dev: real security frames and night sequences, per condition, default pipelines ==")
-    f, t = cctv_dev(shared, f.get("tiling auto (default)", {}).get("coco128_detect_ms_mean"))
+    f, t = cctv_dev(shared, coco_report)
     figures["cctv_dev"], targets = f, targets + t
     if not quick:
         say("== quality 4. robustness set, per condition ==")
