@@ -449,8 +449,9 @@ def run_eval(
 
     ``detect_args`` are appended to the detect stage's command (e.g. ``["--tiling", "on"]``); ``items``
     or ``label_set`` (read beforehand, with its problem lines) replace the labels read from ``labels``.
-    Frames of a sequence arrive in time order, one commit per second of the sequences' time, so each
-    is judged, as from a live camera, knowing only its camera's earlier frames (bursts)."""
+    Frames of a sequence arrive in time order (every sequence's n-th frame in the n-th commit, the
+    pipelines run after each), so each is judged, as from a live camera, knowing only its camera's
+    earlier frames (bursts)."""
     from alarmsieve.pps.spec import load_spec_file
     from alarmsieve.workspace import Workspace, default_pipelines_dir
 
