@@ -843,7 +843,9 @@ def eval_command(
             console.print(f"[bold]{title}:[/]")
             for o in items:
                 console.print(
-                    f"  {o.file} [{', '.join(o.objects)}] -> {o.verdict}: {'; '.join(o.reasons[:2])}", highlight=False
+                    f"  {o.file} [{', '.join(o.objects)}] -> {o.verdict}: {'; '.join(o.reasons[:2])}",
+                    highlight=False,
+                    markup=False,  # "[person]" is text, not a rich tag
                 )
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from alarmsieve.cli import JsonFlag, _progress, _RichProgress, app, console, err_console, workspace
@@ -175,11 +176,12 @@ def print_conditions(report: Any) -> None:
         console.print(condition_table(report.per_sequence, "sequence"))
     for e in report.events:
         when = (
-            f"reached at {e.first_reaching_file} ({e.frames_before_reached} person frames before it)"
+            f"reached at {escape(e.first_reaching_file or '')} ({e.frames_before_reached} person frames before it)"
             if e.reached
             else "[red]never reached a person[/]"
         )
-        console.print(f"  event {e.first_file} .. {e.last_file.rsplit('/', 1)[-1]} ({e.frames} frames): {when}")
+        last = escape(e.last_file.rsplit("/", 1)[-1])
+        console.print(f"  event {escape(e.first_file)} .. {last} ({e.frames} frames): {when}", highlight=False)
     if report.detect_ms_mean is not None:
         console.print(
             f"detect time per frame: mean {report.detect_ms_mean:.1f} ms, median {report.detect_ms_median:.1f} ms "
@@ -220,7 +222,9 @@ def print_report(report: Any, *, group_title: str = "camera") -> None:
             console.print(f"[bold]{title}:[/]")
             for o in items[:LISTED]:
                 console.print(
-                    f"  {o.file} [{', '.join(o.objects)}] -> {o.verdict}: {'; '.join(o.reasons[:2])}", highlight=False
+                    f"  {o.file} [{', '.join(o.objects)}] -> {o.verdict}: {'; '.join(o.reasons[:2])}",
+                    highlight=False,
+                    markup=False,  # "[person]" is text, not a rich tag
                 )
             if len(items) > LISTED:
                 console.print(f"  … and {len(items) - LISTED} more (all in --json and --html)", highlight=False)
