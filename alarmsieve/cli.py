@@ -838,19 +838,31 @@ def verdict_table(records: list[Any]) -> Table:
 @app.command("eval")
 def eval_command(
     images: Annotated[Path, typer.Option(help="folder of images")],
-    labels: Annotated[Path, typer.Option(help="labels: a CSV (file,objects) or a folder of YOLO .txt files")],
+    labels: Annotated[
+        Path, typer.Option(help="labels: a CSV (file,objects or file,person[,condition]) or a YOLO .txt folder")
+    ],
     threat_labels: Annotated[
         str | None, typer.Option(help="comma-separated; default: the labels rules alert on")
     ] = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Run the pipeline on a labelled set: missed threats and suppressed false alarms."""
+    """Run the pipeline on a labelled set: missed threats and suppressed false alarms (per condition too)."""
+    from alarmsieve.commands.quality import print_conditions, warn_problems
     from alarmsieve.config import load_settings
-    from alarmsieve.evaluate import run_eval
+    from alarmsieve.evaluate import load_label_set, run_eval
 
     wanted = [t.strip() for t in threat_labels.split(",") if t.strip()] if threat_labels else None
+    label_set = load_label_set(images, labels)
+    warn_problems(label_set.problems)
     with _progress() as progress:
-        report = run_eval(images, labels, base=load_settings(), threat_labels=wanted, progress=_RichProgress(progress))
+        report = run_eval(
+            images,
+            labels,
+            base=load_settings(),
+            threat_labels=wanted,
+            progress=_RichProgress(progress),
+            label_set=label_set,
+        )
     if as_json:
         sys.stdout.write(report.model_dump_json() + "\n")
         return
@@ -865,12 +877,19 @@ def eval_command(
         f"operator load on calm images: {report.reviews_on_calm} reviews, {report.alerts_on_calm} alerts",
         highlight=False,
     )
+    if report.recall is not None and report.alerted is not None:
+        console.print(
+            f"recall (alert or review): {report.recall.text()}   alerted: {report.alerted.text()}", highlight=False
+        )
+    print_conditions(report)
     for title, items in (("missed threats", report.misses), ("false alarms", report.false_alarms)):
         if items:
             console.print(f"[bold]{title}:[/]")
             for o in items:
                 console.print(
-                    f"  {o.file} [{', '.join(o.objects)}] -> {o.verdict}: {'; '.join(o.reasons[:2])}", highlight=False
+                    f"  {o.file} [{', '.join(o.objects)}] -> {o.verdict}: {'; '.join(o.reasons[:2])}",
+                    highlight=False,
+                    markup=False,  # "[person]" is text, not a rich tag
                 )
 
 
