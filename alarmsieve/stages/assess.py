@@ -32,6 +32,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from alarmsieve.rules import AlarmFacts, ObjectBox, RulesError, RuleSet, judge, load_rules
+from alarmsieve.rules.clock import CameraTime, skew_note, wall_to_utc
 from alarmsieve.rules.schema import EffectiveRules, LabelPolicy
 from alarmsieve.stages.alarms import alarm_folders, pass_through, read_record, write_record
 from alarmsieve.stages.base import DatumContext, Stage, StageServices, StageUsageError
@@ -69,7 +70,7 @@ class BurstFrame:
 
 class AssessStage(Stage):
     name = "assess"
-    code_version = "2"  # 2: bursts
+    code_version = "3"  # 2: bursts; 3: camera time (wall clock in the camera's zone, DST, clock skew)
 
     def __init__(self, args: list[str], services: StageServices) -> None:
         super().__init__(args, services)
@@ -299,18 +300,19 @@ def apply_burst(verdict: VerdictRecord, meta: AlarmMeta, rules: RuleSet, frames:
     if not changed:
         return verdict
     kept = sorted((d for d in boxes if d.kept), key=lambda d: (d.severity != "alert", -d.score))
+    time_note = [f"time: {verdict.time_note}"] if verdict.time_note else []
     if kept:
         return verdict.model_copy(
             update={
                 "verdict": "alert" if kept[0].severity == "alert" else "review",
-                "reasons": [d.why for d in kept],
+                "reasons": [*(d.why for d in kept), *time_note],
                 "rule_path": kept[0].rule_path or verdict.rule_path,
                 "detections": boxes,
             }
         )
     summary = f"no threat: one-frame flicker dismissed ({len(event)} other frames within {window} show nothing)"
     return verdict.model_copy(
-        update={"verdict": "dismiss", "reasons": [summary, *(d.why for d in boxes)], "detections": boxes}
+        update={"verdict": "dismiss", "reasons": [summary, *(d.why for d in boxes), *time_note], "detections": boxes}
     )
 
 
@@ -322,6 +324,30 @@ def with_note(verdict: VerdictRecord, note: str, doubt: bool) -> VerdictRecord:
     return verdict.model_copy(update={"rules_note": note})
 
 
+def camera_time(meta: AlarmMeta, eff: EffectiveRules) -> CameraTime:
+    """The alarm's absolute time under its camera's rules (docs/rules.md, "Camera time").
+
+    A reading without an offset (``wall_time``) is the wall clock of the camera's zone, or UTC with
+    ``clock: utc``; an absolute one (EXIF offset, Unix seconds, upload) is kept. A camera time further
+    than ``clock_skew_max`` from the upload time is not trusted for schedules: the upload time is used.
+    """
+    clock = eff.clock
+    note = ""
+    if meta.wall_time is None:
+        taken = _utc(meta.time)
+    elif clock.kind == "utc":
+        taken = meta.wall_time.replace(tzinfo=UTC)
+    else:
+        taken, note = wall_to_utc(meta.wall_time, eff.timezone)
+    if meta.upload_time is None or meta.time_source == "commit" or clock.skew_max_s <= 0:
+        return CameraTime(taken, taken, eff.timezone, note)
+    upload = _utc(meta.upload_time)
+    if abs((taken - upload).total_seconds()) <= clock.skew_max_s:
+        return CameraTime(taken, taken, eff.timezone, note)
+    skew, why = skew_note(taken, upload, eff.timezone, clock.kind, clock.skew_max_s, clock.skew_max_from)
+    return CameraTime(upload, taken, eff.timezone, f"{note}; {why}" if note else why, skew)
+
+
 def judge_record(
     record: DetectionsRecord,
     rules: RuleSet,
@@ -331,6 +357,7 @@ def judge_record(
 ) -> VerdictRecord:
     """The verdict of one detect record under the given rules (used by assess and `rules what-if`)."""
     meta = record.meta
+    when = camera_time(meta, rules.for_camera(meta.camera))
     facts = AlarmFacts(
         camera=meta.camera,
         width=meta.width,
@@ -338,15 +365,20 @@ def judge_record(
         status=record.status,
         status_reason=record.reason or meta.reason,
         objects=[ObjectBox(label=d.label, score=d.score, box=d.box) for d in record.detections],
-        time=meta.time,
+        time=when.when,
     )
     judgement = judge(rules, facts)
     return VerdictRecord(
         alarm=meta.alarm,
         camera=meta.camera,
-        time=meta.time,
+        time=when.when,
+        timezone=when.timezone,
+        time_note=when.note,
+        camera_time=when.camera_time if when.camera_time != when.when else None,
+        clock_skew_s=when.skew_s,
         verdict=judgement.verdict,
-        reasons=judgement.reasons,
+        # the note last: it says how the time the schedules saw was read (and e-mails list reasons)
+        reasons=[*judgement.reasons, f"time: {when.note}"] if when.note else judgement.reasons,
         rule_path=judgement.rule_path,
         rules_commit=rules_commit,
         status=record.status,

@@ -14,6 +14,7 @@ import hashlib
 import re
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from alarmsieve.stages.alarms import write_record
 from alarmsieve.stages.base import DatumContext, Stage, StageServices, StageUsageError
@@ -29,10 +30,11 @@ _EPOCH = re.compile(r"(?<!\d)(1[5-9]\d{8})(?!\d)")  # 10-digit Unix time, 2017..
 
 
 def time_from_filename(name: str) -> datetime | None:
+    """A date-time stamp in the name (naive: the camera's wall clock), else Unix seconds (aware, UTC)."""
     match = _STAMP.search(name)
     if match:
         try:
-            return datetime(*(int(match[k]) for k in ("y", "mo", "d", "h", "mi", "s")), tzinfo=UTC)
+            return datetime(*(int(match[k]) for k in ("y", "mo", "d", "h", "mi", "s")))
         except ValueError:
             return None
     epoch = _EPOCH.search(name)
@@ -41,9 +43,21 @@ def time_from_filename(name: str) -> datetime | None:
     return None
 
 
+def time_fields(reading: datetime, source: str, upload: datetime | None) -> dict[str, Any]:
+    """AlarmMeta's time fields. A naive reading is kept as ``wall_time`` for assess to resolve in the
+    camera's zone (validate knows no rules); ``time`` then holds it labelled UTC, as older records did."""
+    naive = reading.tzinfo is None
+    return {
+        "time": reading.replace(tzinfo=UTC) if naive else reading.astimezone(UTC),
+        "time_source": source,
+        "wall_time": reading if naive else None,
+        "upload_time": upload,
+    }
+
+
 class ValidateStage(Stage):
     name = "validate"
-    code_version = "2"  # 2: a frame's ClipRef carries the clip's sha256
+    code_version = "3"  # 2: a frame's ClipRef carries the clip's sha256; 3: wall_time, upload_time
 
     def __init__(self, args: list[str], services: StageServices) -> None:
         super().__init__(args, services)
@@ -64,22 +78,27 @@ class ValidateStage(Stage):
             commit_time = ctx.input_commit_times.get(root.name)
             clip_dirs = {record.parent for record in root.rglob(CLIP_FILE)}
             for clip_dir in sorted(clip_dirs):
-                self.process_clip(ctx, root, clip_dir)
+                self.process_clip(ctx, root, clip_dir, commit_time)
             for path in sorted(p for p in root.rglob("*") if p.is_file() and not clip_dirs & set(p.parents)):
                 rel = path.relative_to(root).as_posix()
                 meta = self.check(path, rel, commit_time)
                 self._write(ctx, rel, path, meta)
 
-    def process_clip(self, ctx: DatumContext, root: Path, clip_dir: Path) -> None:
+    def process_clip(self, ctx: DatumContext, root: Path, clip_dir: Path, commit_time: datetime | None) -> None:
         """Frames of a clip (``frames`` stage output): each frame is an alarm stamped with its clip time."""
         clip = ClipRecord.model_validate_json((clip_dir / CLIP_FILE).read_bytes())
         rel_clip = clip_dir.relative_to(root).as_posix()
+
+        def clip_time(when: datetime) -> dict[str, Any]:
+            # frames.py stores a file-name start labelled UTC: it is the camera's wall clock
+            naive = clip.start_source == "filename" or when.tzinfo is None
+            return time_fields(when.replace(tzinfo=None) if naive else when, clip.start_source, commit_time)
+
         if clip.status == "rejected":
             meta = AlarmMeta(
                 alarm=clip.clip,
                 camera=clip.camera,
-                time=clip.start,
-                time_source=clip.start_source,
+                **clip_time(clip.start),
                 image_file=None,
                 sha256=clip.sha256,
                 size_bytes=clip.size_bytes,
@@ -96,8 +115,7 @@ class ValidateStage(Stage):
             meta = self.check(path, rel, frame.time).model_copy(
                 update={
                     "camera": clip.camera,
-                    "time": frame.time,
-                    "time_source": clip.start_source,
+                    **clip_time(frame.time),
                     "clip": ClipRef(
                         clip=clip.clip,
                         offset_s=frame.offset_s,
@@ -137,17 +155,15 @@ class ValidateStage(Stage):
         except ImageRejected as rejected:
             return AlarmMeta(
                 **common,
-                time=name_time or fallback_time,
-                time_source="filename" if name_time else "commit",
+                **time_fields(name_time or fallback_time, "filename" if name_time else "commit", commit_time),
                 image_file=None,
                 status="rejected",
                 reason_code=rejected.code,
                 reason=rejected.message,
             )
+        # EXIF DateTimeOriginal (+ OffsetTimeOriginal when written), else the file name, else the upload
         if image.exif_time is not None:
             when, source = image.exif_time, "exif"
-            if when.tzinfo is None:
-                when = when.replace(tzinfo=UTC)  # camera local time without an offset: kept as given
         elif name_time is not None:
             when, source = name_time, "filename"
         else:
@@ -155,8 +171,7 @@ class ValidateStage(Stage):
         uniform = is_uniform(image.bgr, self.uniform_threshold)
         return AlarmMeta(
             **common,
-            time=when,
-            time_source=source,  # type: ignore[arg-type]
+            **time_fields(when, source, commit_time),
             image_file=f"image.{image.format.replace('jpeg', 'jpg')}",
             format=image.format,
             width=image.width,
