@@ -749,10 +749,10 @@ def verdicts(
 
 def verdict_table(records: list[Any]) -> Table:
     """Snapshots one row each; a clip (``verdicts.ClipEntry``) a row, then one indented row per frame."""
-    from alarmsieve.verdicts import ClipEntry
+    from alarmsieve.verdicts import ClipEntry, shown_time
 
     colours = {"alert": "bold red", "review": "yellow", "dismiss": "green"}
-    table = Table("CAMERA", "FILE", "OBJECTS", "VERDICT", "REASON", box=None)
+    table = Table("CAMERA", "FILE", "TIME (camera's local)", "OBJECTS", "VERDICT", "REASON", box=None)
 
     def objects_of(r: Any) -> str:
         return ", ".join(f"{d.label} {d.score:.2f}" for d in r.detections) or "-"
@@ -763,6 +763,7 @@ def verdict_table(records: list[Any]) -> Table:
             table.add_row(
                 c.camera,
                 f"{c.clip.rsplit('/', 1)[-1]} (clip, {len(r.frames)} frames)",
+                shown_time(r),
                 ", ".join(f"{d.label} {d.score:.2f}" for d in c.detections if d.kept) or "-",
                 f"[{colours[c.verdict]}]{c.verdict}[/]",
                 "; ".join(c.reasons[:2]),
@@ -773,6 +774,7 @@ def verdict_table(records: list[Any]) -> Table:
                 table.add_row(
                     "",
                     f"  {ref.offset_s:6.1f}s {'+'.join(ref.reasons)}{decided}",
+                    "",
                     objects_of(f),
                     f"[{colours[f.verdict]}]{f.verdict}[/]",
                     f.reasons[0] if f.reasons else "",
@@ -784,6 +786,7 @@ def verdict_table(records: list[Any]) -> Table:
         table.add_row(
             r.camera,
             name,
+            shown_time(r) + (" (!)" if r.time_note else ""),
             objects_of(r),
             f"[{colours[r.verdict]}]{r.verdict}[/]",
             r.reasons[0] if r.reasons else "",

@@ -78,6 +78,11 @@ def rules_check(
         f"{where}: valid ({len(rules.sites)} site(s), {len(rules.groups)} group(s), {len(rules.cameras)} camera(s), "
         f"{len(rules.arming)} arming state(s))"
     )
+    from alarmsieve.notify.config import load_config
+
+    path, notify = load_config(files)
+    for note in notify.deprecation_notes(path or "") if notify is not None else []:
+        console.print(f"[yellow]deprecated:[/] {note}", highlight=False, soft_wrap=True)
 
 
 @rules_app.command("put")
@@ -227,9 +232,16 @@ def disarm(
 
 
 def explain_lines(stored: Any, rejudged: Any = None) -> list[str]:
+    from alarmsieve.rules.clock import local_text
+
     v = stored.record
-    lines = [
-        f"alarm {v.alarm}  camera {v.camera}  time {v.time.isoformat()}",
+    zone = v.timezone or "UTC"
+    lines = [f"alarm {v.alarm}  camera {v.camera}  time {local_text(v.time, zone)}"]
+    if v.camera_time is not None:
+        lines.append(f"camera clock said {local_text(v.camera_time, zone)}")
+    if v.time_note:
+        lines.append(f"time note: {v.time_note}")
+    lines += [
         f"verdict {v.verdict.upper()}  decided by {v.rule_path}",
         f"rules commit {v.rules_commit or '(built-in or crossed-in rules)'}",
     ]
@@ -283,8 +295,10 @@ def explain(
 
 def clip_explain_lines(clip: Any) -> list[str]:
     """A clip's verdict, its frames (the deciding one marked) and its caveats (partial, capped)."""
+    from alarmsieve.rules.clock import local_text
+
     lines = [
-        f"clip {clip.clip}  camera {clip.camera}  time {clip.time.isoformat()}",
+        f"clip {clip.clip}  camera {clip.camera}  time {local_text(clip.time, None)}",
         f"verdict {clip.verdict.upper()}  from {len(clip.frames)} frame(s)",
         "reasons:",
         *[f"  - {r}" for r in clip.reasons],

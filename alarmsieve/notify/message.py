@@ -16,6 +16,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from alarmsieve.rules.clock import local_text
+
 ANNOTATED_FILENAME = "annotated.jpg"
 
 
@@ -66,8 +68,8 @@ def local_time(n: AlarmNotification) -> datetime:
 
 
 def _when(n: AlarmNotification) -> str:
-    t = local_time(n)
-    return t.strftime("%Y-%m-%d %H:%M:%S ") + (t.tzname() or "UTC")
+    """The camera's local time with offset and zone: ``2026-03-15 23:00:00 -04:00 (America/New_York)``."""
+    return local_text(utc_time(n), n.timezone)
 
 
 def message_id(key: str, sender: str = "") -> str:
@@ -107,7 +109,7 @@ def render_text(n: AlarmNotification) -> str:
         f"Verdict: {n.verdict.upper()}",
         f"Camera:  {n.camera}",
         *([f"Site:    {n.site}"] if n.site else []),
-        f"Time:    {local_time(n).isoformat()} ({_when(n)})",
+        f"Time:    {_when(n)}",
         f"Alarm:   {n.alarm_path}",
         "",
         "Objects:",
@@ -136,7 +138,7 @@ def render_html(n: AlarmNotification, cid: str | None = None) -> str:
         "<table>"
         f"<tr><th align='left'>Camera</th><td>{e(n.camera)}</td></tr>"
         + (f"<tr><th align='left'>Site</th><td>{e(n.site)}</td></tr>" if n.site else "")
-        + f"<tr><th align='left'>Time</th><td>{e(local_time(n).isoformat())} ({e(_when(n))})</td></tr>"
+        + f"<tr><th align='left'>Time</th><td>{e(_when(n))}</td></tr>"
         f"<tr><th align='left'>Verdict</th><td>{e(n.verdict.upper())}</td></tr>"
         f"<tr><th align='left'>Alarm</th><td>{e(n.alarm_path)}</td></tr>"
         "</table>"
