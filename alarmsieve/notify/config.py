@@ -242,7 +242,7 @@ class NotifyConfig(_Model):
                 if ruled and ruled != site:
                     notes.append(f"{where}: camera {camera}: site {site!r} here, {ruled!r} in the rules: the rules win")
         for key, zone in self.timezones.items():
-            ruled = places.camera_zone.get(key) or places.site_zone.get(key)
+            ruled = places.timezone_of(key) or places.site_zone.get(key)  # the key is a camera or a site
             if ruled and ruled != zone:
                 notes.append(f"{where}: {key}: time zone {zone} here, {ruled} in the rules: the rules win")
         return notes

@@ -239,6 +239,8 @@ _UNIT_S = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
 
 def parse_duration(value: Any) -> float:
     """``2h``, ``90m``, ``1d``, ``45s`` -> seconds; ``off`` -> 0 (the check is off)."""
+    if value is False:  # YAML reads a bare `off` as false
+        return 0.0
     if isinstance(value, bool) or not isinstance(value, str):
         raise ValueError(f"expected a duration like '2h', '90m', '1d' or 'off', got {value!r}")
     key = value.strip().lower()
