@@ -6,6 +6,7 @@ to the outbox and one sent through SendGrid read the same.
 
 from __future__ import annotations
 
+import email.policy
 import hashlib
 import html
 import mimetypes
@@ -164,7 +165,9 @@ def build_email(n: AlarmNotification, *, sender: str, recipients: list[str]) -> 
     """multipart/mixed[ alternative[ text, related[ html, inline annotated JPEG ] ], original ]."""
     if not recipients:
         raise ValueError("build_email needs at least one recipient")
-    msg = EmailMessage()
+    # Headers up to RFC 5322's 998 characters unfolded: a subject with the camera's local time, offset and
+    # zone passes 78, and a header folded before its first word reads back with a leading space.
+    msg = EmailMessage(policy=email.policy.default.clone(max_line_length=998))
     msg["Subject"] = subject(n)
     msg["From"] = sender
     msg["To"] = ", ".join(recipients)
