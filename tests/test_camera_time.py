@@ -86,6 +86,10 @@ ALARMS = {
     "/exif-cam/utc.jpg": ("dismiss", "2026-03-15T23:00:00+00:00"),
     "/exif-cam/new-york.jpg": ("alert", "2026-03-16T03:00:00+00:00"),
 }
+# A doubtful person (about 0.39, review band) in two snapshots 3 s apart: one named by the New York wall
+# clock (23:00:00 EDT = 03:00:00Z), one by Unix seconds (03:00:03Z). One burst only if both are read right.
+DOUBT = "images/skimage/motorcycle_left.png"
+BURST = ("/porch/20260315_230000.png", "/porch/1773630003.png")
 EXIF = {"/exif-cam/local.jpg": None, "/exif-cam/utc.jpg": "+00:00", "/exif-cam/new-york.jpg": "-04:00"}
 NOTES = {
     "/gate/20260308_023000.png": "02:30 does not exist in America/New_York on 2026-03-08 (clocks went forward); "
@@ -121,6 +125,7 @@ cameras:
   yard: {{site: berlin}}
   harbour: {{site: sydney}}
   drift: {{site: branch}}
+  porch: {{site: hq}}
 """
 # Deprecated fields that disagree with the rules: the rules must win (site hq, New York time).
 NOTIFY = {
@@ -178,6 +183,8 @@ def clocks(tmp_path_factory: pytest.TempPathFactory, shared_dir: Path, model_dir
             builder.put_bytes(alarm, _exif_jpeg(shared_dir / PHOTO, EXIF[alarm]))
         else:
             builder.put_local_file(alarm, shared_dir / PHOTO)
+    for alarm in BURST:
+        builder.put_local_file(alarm, shared_dir / DOUBT)
     builder.put_local_file(skewed, shared_dir / PHOTO)
     builder.put_local_file(fresh, shared_dir / PHOTO)
     upload = builder.finish()
@@ -244,6 +251,17 @@ def test_camera_clock_a_day_and_a_half_off_uses_the_upload_time(clocks: Clocks) 
     assert skewed.reasons[-1] == f"time: {skewed.time_note}"
     assert fresh.verdict == "alert" and fresh.time_note == "" and fresh.clock_skew_s is None
     assert fresh.time != clocks.upload  # within 2h: the camera's own time stands
+
+
+def test_burst_compares_camera_times_whatever_their_source(clocks: Clocks) -> None:
+    named, epoch = (clocks.verdicts[a] for a in BURST)
+    assert (named.time.isoformat(), epoch.time.isoformat()) == (
+        "2026-03-16T03:00:00+00:00",
+        "2026-03-16T03:00:03+00:00",
+    )
+    assert (named.verdict, epoch.verdict) == ("alert", "alert")
+    assert "seen in 2 frames within 10 s (/porch/1773630003.png +3 s): alert" in named.reasons[0]
+    assert "seen in 2 frames within 10 s (/porch/20260315_230000.png -3 s): alert" in epoch.reasons[0]
 
 
 # --- what people read ------------------------------------------------------------------------------

@@ -189,7 +189,7 @@ class AssessStage(Stage):
             # only a review-band detection can change with the burst: read the history only then
             in_doubt = any(d.kept and d.severity == "review" for d in verdict.detections)
             if burst.on and verdict.status == "ok" and in_doubt:
-                frames = self.camera_frames(ctx, verdict.camera)
+                frames = self.camera_frames(ctx, verdict.camera, in_force.rules)
                 if frames:
                     verdict = apply_burst(verdict, record.meta, in_force.rules, frames)
             if in_force.note:
@@ -200,8 +200,11 @@ class AssessStage(Stage):
             why = verdict.reasons[0] if verdict.reasons else ""
             ctx.log.info("alarm %s: %s: %s", verdict.alarm, verdict.verdict, why)
 
-    def camera_frames(self, ctx: DatumContext, camera: str) -> list[BurstFrame]:
-        """The camera's frames in the detections repo head, read once per job (empty when unreadable)."""
+    def camera_frames(self, ctx: DatumContext, camera: str, rules: RuleSet | None = None) -> list[BurstFrame]:
+        """The camera's frames in the detections repo head, read once per job (empty when unreadable).
+
+        With ``rules``, each frame's time is its camera time (the wall clock read in the camera's zone),
+        as the alarm's is: a frame with an EXIF offset and one named by the wall clock compare right."""
         if self.frames_repo is None or self.services.read_files is None:
             return []
         if self._frames_job != ctx.job_id:
@@ -209,6 +212,7 @@ class AssessStage(Stage):
         found = self._frames.get(camera)
         if found is None:
             snapshot = self.services.read_files(self.frames_repo, self.frames_branch, f"/{camera}", DETECTIONS_FILE)
+            eff = rules.for_camera(camera) if rules is not None else None
             found = []
             for path, raw in snapshot.files.items():
                 try:
@@ -220,7 +224,8 @@ class AssessStage(Stage):
                     continue
                 if rec.status == "ok":
                     boxes = tuple((d.label, d.score, d.box) for d in rec.detections)
-                    found.append(BurstFrame(rec.meta.alarm, _utc(rec.meta.time), rec.meta.time_source, boxes))
+                    when = camera_time(rec.meta, eff).camera_time if eff is not None else _utc(rec.meta.time)
+                    found.append(BurstFrame(rec.meta.alarm, when, rec.meta.time_source, boxes))
             self._frames[camera] = found
         return found
 
@@ -255,7 +260,7 @@ def apply_burst(verdict: VerdictRecord, meta: AlarmMeta, rules: RuleSet, frames:
     """The verdict with the evidence of the camera's other frames within the burst window (see module doc)."""
     eff = rules.for_camera(verdict.camera)
     b = eff.burst
-    t = _utc(meta.time)
+    t = verdict.camera_time or verdict.time  # the camera's clock, as the frames' times (not the upload's)
     event = [
         f
         for f in frames
