@@ -289,6 +289,13 @@ def test_explain_shows_local_time_and_the_note(clocks: Clocks) -> None:
     assert data["time"] == "2026-03-16T03:00:00Z" and data["timezone"] == "America/New_York"
 
 
+def test_rules_show_names_the_zone_and_clock_with_their_sources(clocks: Clocks) -> None:
+    text = _cli(clocks.ws.home, "rules", "show", "nvr")
+    assert "time zone America/New_York (sites/hq)" in text
+    assert "clock utc (sites/hq/cameras/nvr), clock_skew_max off (sites/hq)" in text
+    assert "clock local (defaults), clock_skew_max 2 h (defaults)" in _cli(clocks.ws.home, "rules", "show", "drift")
+
+
 def test_status_lists_the_camera_with_a_skewed_clock(clocks: Clocks) -> None:
     text = _cli(clocks.ws.home, "status")
     lines = [line for line in text.splitlines() if "camera clock:" in line]

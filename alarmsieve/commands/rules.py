@@ -161,7 +161,14 @@ def rules_show(
     console.print(f"camera [bold]{camera}[/]  rules {eff.rule_path}  (rules@{found.commit or 'built-in'})")
     if eff.rule_path == "defaults":
         console.print("  not declared in the rules: the defaults apply")
-    console.print(f"  site {eff.site or '-'}  group {eff.group or '-'}  time zone {eff.timezone}")
+    console.print(f"  site {eff.site or '-'}  group {eff.group or '-'}  time zone {eff.timezone} ({eff.timezone_from})")
+    from alarmsieve.rules.clock import duration_text
+
+    skew = duration_text(eff.clock.skew_max_s) if eff.clock.skew_max_s else "off"
+    console.print(
+        f"  clock {eff.clock.kind} ({eff.clock.kind_from}), clock_skew_max {skew} ({eff.clock.skew_max_from})",
+        highlight=False,
+    )
     frame = f"{eff.frame.width}x{eff.frame.height}" if eff.frame else "from each image"
     console.print(f"  frame size {frame}")
     sched = eff.schedule
