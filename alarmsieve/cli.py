@@ -752,7 +752,10 @@ def verdict_table(records: list[Any]) -> Table:
     from alarmsieve.verdicts import ClipEntry, shown_time
 
     colours = {"alert": "bold red", "review": "yellow", "dismiss": "green"}
-    table = Table("CAMERA", "FILE", "TIME (camera's local)", "OBJECTS", "VERDICT", "REASON", box=None)
+    table = Table("CAMERA", "FILE", box=None)
+    table.add_column("TIME (camera's local)", no_wrap=True)  # one line: date, time, offset and zone
+    for title in ("OBJECTS", "VERDICT", "REASON"):
+        table.add_column(title)
 
     def objects_of(r: Any) -> str:
         return ", ".join(f"{d.label} {d.score:.2f}" for d in r.detections) or "-"

@@ -32,11 +32,12 @@ from alarmsieve.notify.config import load_config
 from alarmsieve.rules import AlarmFacts, ObjectBox, RulesError, judge, load_rules
 from alarmsieve.rules.clock import local_text, skew_note, wall_to_utc
 from alarmsieve.rules.repo import commit_rules
-from alarmsieve.stages.records import AlarmMeta, VerdictRecord
-from alarmsieve.verdicts import read_verdicts
+from alarmsieve.stages.records import AlarmMeta, ClipVerdictRecord, VerdictRecord
+from alarmsieve.verdicts import read_clip_verdicts, read_verdicts
 from alarmsieve.vision.models import COCO_LABELS
 from alarmsieve.workspace import Workspace
 from tests.conftest import PROJECT, run_cli
+from tests.test_video import write_clip
 
 PHOTO = "images/skimage/astronaut.png"  # one person, scored well above 0.5: alert whenever armed
 NY = ZoneInfo("America/New_York")
@@ -90,6 +91,10 @@ ALARMS = {
 # clock (23:00:00 EDT = 03:00:00Z), one by Unix seconds (03:00:03Z). One burst only if both are read right.
 DOUBT = "images/skimage/motorcycle_left.png"
 BURST = ("/porch/20260315_230000.png", "/porch/1773630003.png")
+CLIPS = {
+    "/gate/20260315_230000.mp4": ("alert", "2026-03-16T03:00:00+00:00"),
+    "/gate/20260316_070000.mp4": ("dismiss", "2026-03-16T11:00:00+00:00"),
+}
 EXIF = {"/exif-cam/local.jpg": None, "/exif-cam/utc.jpg": "+00:00", "/exif-cam/new-york.jpg": "-04:00"}
 NOTES = {
     "/gate/20260308_023000.png": "02:30 does not exist in America/New_York on 2026-03-08 (clocks went forward); "
@@ -143,6 +148,7 @@ class Clocks:
     skewed: str  # drift's alarm whose file name is 36 h behind the upload
     fresh: str  # drift's alarm whose file name is 10 min before the upload
     verdicts: dict[str, VerdictRecord]
+    clips: dict[str, ClipVerdictRecord]
 
 
 def _exif_jpeg(photo: Path, offset: str | None) -> bytes:
@@ -157,8 +163,8 @@ def _exif_jpeg(photo: Path, offset: str | None) -> bytes:
 
 
 def _cli(home: Path, *args: str) -> str:
-    """The real CLI in this process (wide console: the time column is not wrapped)."""
-    result = CliRunner().invoke(app, list(args), env={"ALARMSIEVE_HOME": str(home), "COLUMNS": "300"})
+    """The real CLI in this process (a child process costs seconds each on a busy machine)."""
+    result = CliRunner().invoke(app, list(args), env={"ALARMSIEVE_HOME": str(home)})
     if result.exception is not None and not isinstance(result.exception, SystemExit | _known_errors()):
         raise result.exception
     assert result.exit_code == 0, result.output
@@ -188,12 +194,18 @@ def clocks(tmp_path_factory: pytest.TempPathFactory, shared_dir: Path, model_dir
     builder.put_local_file(skewed, shared_dir / PHOTO)
     builder.put_local_file(fresh, shared_dir / PHOTO)
     upload = builder.finish()
+    # clips named by the wall clock: their frames are stamped with the clip's start plus the offset
+    clip = write_clip(home / "clip.mp4", shared_dir, seconds=2, person=(0.0, 1.0))
+    videos = ws.pfs.start_commit("videos")
+    for alarm in CLIPS:
+        videos.put_local_file(alarm, clip)
+    videos.finish()
     ran = run_cli("run", home=home, env={"ALARMSIEVE_MODEL_DIR": str(model_dir)})
     assert ran.returncode == 0, ran.stderr.decode()[-3000:]
     assert "job(s) run, 0 with failures" in ran.stdout.decode(), ran.stdout.decode()
     verdicts = {v.alarm: v for v in read_verdicts(ws.pfs)}
     upload_time = ws.pfs.inspect_commit("images", upload.id).created_at
-    return Clocks(ws, upload_time, skewed, fresh, verdicts)
+    return Clocks(ws, upload_time, skewed, fresh, verdicts, {c.clip: c for c in read_clip_verdicts(ws.pfs)})
 
 
 # --- the pipeline: schedules per zone around both DST transitions -----------------------------------
@@ -205,6 +217,15 @@ def test_schedules_use_the_camera_wall_clock_around_both_dst_transitions(clocks:
     zones = {v.camera: v.timezone for v in clocks.verdicts.values()}
     assert zones["gate"] == zones["nvr"] == "America/New_York"
     assert (zones["yard"], zones["harbour"]) == ("Europe/Berlin", "Australia/Sydney")
+
+
+def test_clip_named_by_the_wall_clock(clocks: Clocks) -> None:
+    got = {c: (clocks.clips[c].verdict, clocks.clips[c].time.isoformat()) for c in CLIPS}
+    assert got == CLIPS
+    frames = [v for v in clocks.verdicts.values() if v.clip is not None and v.clip.clip == "/gate/20260315_230000.mp4"]
+    assert frames and all(v.timezone == "America/New_York" for v in frames)
+    text = _cli(clocks.ws.home, "explain", "/gate/20260315_230000.mp4")
+    assert "clip /gate/20260315_230000.mp4  camera gate  time 2026-03-15 23:00:00 -04:00 (America/New_York)" in text
 
 
 def test_dismissed_outside_the_schedule_says_local_time(clocks: Clocks) -> None:

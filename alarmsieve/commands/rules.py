@@ -300,12 +300,12 @@ def explain(
         console.print(line, highlight=False, soft_wrap=True)
 
 
-def clip_explain_lines(clip: Any) -> list[str]:
+def clip_explain_lines(clip: Any, zone: str | None = None) -> list[str]:
     """A clip's verdict, its frames (the deciding one marked) and its caveats (partial, capped)."""
     from alarmsieve.rules.clock import local_text
 
     lines = [
-        f"clip {clip.clip}  camera {clip.camera}  time {local_text(clip.time, None)}",
+        f"clip {clip.clip}  camera {clip.camera}  time {local_text(clip.time, zone)}",
         f"verdict {clip.verdict.upper()}  from {len(clip.frames)} frame(s)",
         "reasons:",
         *[f"  - {r}" for r in clip.reasons],
@@ -332,7 +332,7 @@ def _explain_clip(pfs: Any, clip: Any, as_json: bool) -> None:
             frame["rejudged"] = rejudged.model_dump(mode="json") if rejudged else None
         data["deciding_frame_verdict"] = frame
         return emit_json([data])
-    lines = clip_explain_lines(clip)
+    lines = clip_explain_lines(clip, stored.record.timezone or None if stored is not None else None)
     if stored is not None:
         lines.append(f"deciding frame {clip.deciding_frame}:")
         lines += [f"  {line}" for line in explain_lines(stored, rejudged)]
