@@ -33,6 +33,7 @@ from alarmsieve.rules import AlarmFacts, ObjectBox, RulesError, judge, load_rule
 from alarmsieve.rules.clock import local_text, skew_note, wall_to_utc
 from alarmsieve.rules.repo import commit_rules
 from alarmsieve.stages.records import AlarmMeta, ClipVerdictRecord, VerdictRecord
+from alarmsieve.stages.validate import time_from_filename
 from alarmsieve.verdicts import read_clip_verdicts, read_verdicts
 from alarmsieve.vision.models import COCO_LABELS
 from alarmsieve.workspace import Workspace
@@ -47,6 +48,8 @@ ALARMS = {
     # the example: 23:00 New York time is armed, 07:00 is not
     "/gate/20260315_230000.png": ("alert", "2026-03-16T03:00:00+00:00"),
     "/gate/20260316_070000.png": ("dismiss", "2026-03-16T11:00:00+00:00"),
+    # a stamp marked Z (as the HTTP API names uploads) is UTC: 23:00Z is 19:00 in New York
+    "/gate/20260315_230000Z.png": ("dismiss", "2026-03-15T23:00:00+00:00"),
     # New York, clocks forward 2026-03-08 02:00 EST -> 03:00 EDT
     "/gate/20260307_230000.png": ("alert", "2026-03-08T04:00:00+00:00"),
     "/gate/20260308_023000.png": ("alert", "2026-03-08T07:30:00+00:00"),  # does not exist: 03:30 EDT
@@ -387,6 +390,15 @@ def test_wall_to_utc_is_deterministic_and_plain_times_have_no_note() -> None:
         "2026-03-15 23:00:00 -04:00 (America/New_York)"
     )
     assert local_text(datetime(2026, 3, 16, 3, 0), None) == "2026-03-16 03:00:00 +00:00 (UTC)"
+
+
+def test_file_name_stamps_wall_clock_unless_marked() -> None:
+    assert time_from_filename("20260315_230000.jpg") == datetime(2026, 3, 15, 23, 0)
+    assert time_from_filename("20260315_230000-0001.jpg") == datetime(2026, 3, 15, 23, 0)  # a counter
+    assert time_from_filename("20260315_230000Z_5e1f0c2a9b3d.jpg") == datetime(2026, 3, 15, 23, 0, tzinfo=UTC)
+    assert time_from_filename("2026-03-15T23:00:00-04:00.jpg") == datetime(2026, 3, 16, 3, 0, tzinfo=UTC)
+    assert time_from_filename("cam_1773630003.jpg") == datetime(2026, 3, 16, 3, 0, 3, tzinfo=UTC)
+    assert time_from_filename("snapshot.jpg") is None
 
 
 def test_skew_by_the_zone_offset_suggests_clock_utc() -> None:

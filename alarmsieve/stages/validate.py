@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +21,13 @@ from alarmsieve.stages.base import DatumContext, Stage, StageServices, StageUsag
 from alarmsieve.stages.records import CLIP_FILE, META_FILE, AlarmMeta, ClipRecord, ClipRef
 from alarmsieve.vision.images import ImageLimits, ImageRejected, decode_image, is_uniform
 
-# 2026-11-27T10:30:00, 20261127_103000, 20261127-103000, 2026-11-27_10-30-00 ...
+# 2026-11-27T10:30:00, 20261127_103000, 20261127-103000, 2026-11-27_10-30-00 ... (the camera's wall clock);
+# with Z or an offset written with a colon right after it (20261127_103000Z, ...T10:30:00+01:00) absolute.
+# A bare -0001 after the seconds is a camera's counter more often than an offset: not read as one.
 _STAMP = re.compile(
     r"(?<!\d)(?P<y>20\d\d|19\d\d)[-_.]?(?P<mo>[01]\d)[-_.]?(?P<d>[0-3]\d)[T_ -]?"
     r"(?P<h>[0-2]\d)[-_:.]?(?P<mi>[0-5]\d)[-_:.]?(?P<s>[0-5]\d)(?!\d)"
+    r"(?P<tz>Z|[+-][01]\d:[0-5]\d(?!\d))?"
 )
 _EPOCH = re.compile(r"(?<!\d)(1[5-9]\d{8})(?!\d)")  # 10-digit Unix time, 2017..2033
 
@@ -34,9 +37,16 @@ def time_from_filename(name: str) -> datetime | None:
     match = _STAMP.search(name)
     if match:
         try:
-            return datetime(*(int(match[k]) for k in ("y", "mo", "d", "h", "mi", "s")))
+            stamp = datetime(*(int(match[k]) for k in ("y", "mo", "d", "h", "mi", "s")))
         except ValueError:
             return None
+        tz = match["tz"]
+        if tz == "Z":
+            return stamp.replace(tzinfo=UTC)
+        if tz:
+            delta = timedelta(hours=int(tz[1:3]), minutes=int(tz[4:6]))
+            return stamp.replace(tzinfo=timezone(-delta if tz[0] == "-" else delta)).astimezone(UTC)
+        return stamp
     epoch = _EPOCH.search(name)
     if epoch:
         return datetime.fromtimestamp(int(epoch[1]), UTC)
@@ -89,9 +99,12 @@ class ValidateStage(Stage):
         clip = ClipRecord.model_validate_json((clip_dir / CLIP_FILE).read_bytes())
         rel_clip = clip_dir.relative_to(root).as_posix()
 
+        # frames.py stores a file-name start labelled UTC: the camera's wall clock unless the name says Z/offset
+        named = time_from_filename(clip.clip.rsplit("/", 1)[-1]) if clip.start_source == "filename" else None
+        name_is_wall_clock = clip.start_source == "filename" and (named is None or named.tzinfo is None)
+
         def clip_time(when: datetime) -> dict[str, Any]:
-            # frames.py stores a file-name start labelled UTC: it is the camera's wall clock
-            naive = clip.start_source == "filename" or when.tzinfo is None
+            naive = name_is_wall_clock or when.tzinfo is None
             return time_fields(when.replace(tzinfo=None) if naive else when, clip.start_source, commit_time)
 
         if clip.status == "rejected":
