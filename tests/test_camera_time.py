@@ -149,6 +149,7 @@ class Clocks:
     ws: Workspace
     upload: datetime  # when the images were committed
     skewed: str  # drift's alarm whose file name is 36 h behind the upload
+    skewed_at: datetime  # the instant its name says
     fresh: str  # drift's alarm whose file name is 10 min before the upload
     verdicts: dict[str, VerdictRecord]
     clips: dict[str, ClipVerdictRecord]
@@ -179,13 +180,19 @@ def clocks(tmp_path_factory: pytest.TempPathFactory, shared_dir: Path, model_dir
     home = tmp_path_factory.mktemp("clocks")
     ws = Workspace(Settings(home=home, model_dir=model_dir, model_cache=home / "cache"), must_exist=False)
     ws.init(pipelines_dir=PROJECT / "pipelines")
-    now = datetime.now(NY)
+    now_utc = datetime.now(UTC).replace(microsecond=0)
+    now = now_utc.astimezone(NY)
     # drift's armed window is around the upload; its skewed file name is 12 h (of the day) outside it
     window = {"start": f"{now - timedelta(hours=1):%H:%M}", "end": f"{now + timedelta(hours=2):%H:%M}"}
     rules = RULES.replace("{start}", window["start"]).replace("{end}", window["end"])
     commit_rules(ws.pfs, {"/sites.yaml": rules.encode(), "/notify.json": json.dumps(NOTIFY).encode()}, message="clocks")
-    skewed = f"/drift/{now - timedelta(hours=36):%Y%m%d_%H%M%S}.png"
-    fresh = f"/drift/{now - timedelta(minutes=10):%Y%m%d_%H%M%S}.png"
+    # instants first (UTC arithmetic: a DST change in between does not bend them), then New York wall names
+    skew_at = now_utc - timedelta(hours=36)
+    local = skew_at.astimezone(NY)
+    if local.replace(fold=0).utcoffset() != local.replace(fold=1).utcoffset():  # an hour that happens twice
+        skew_at -= timedelta(hours=2)
+    skewed = f"/drift/{skew_at.astimezone(NY):%Y%m%d_%H%M%S}.png"
+    fresh = f"/drift/{(now_utc - timedelta(minutes=10)).astimezone(NY):%Y%m%d_%H%M%S}.png"
     builder = ws.pfs.start_commit("images")
     for alarm in ALARMS:
         if alarm in EXIF:
@@ -208,7 +215,7 @@ def clocks(tmp_path_factory: pytest.TempPathFactory, shared_dir: Path, model_dir
     assert "job(s) run, 0 with failures" in ran.stdout.decode(), ran.stdout.decode()
     verdicts = {v.alarm: v for v in read_verdicts(ws.pfs)}
     upload_time = ws.pfs.inspect_commit("images", upload.id).created_at
-    return Clocks(ws, upload_time, skewed, fresh, verdicts, {c.clip: c for c in read_clip_verdicts(ws.pfs)})
+    return Clocks(ws, upload_time, skewed, skew_at, fresh, verdicts, {c.clip: c for c in read_clip_verdicts(ws.pfs)})
 
 
 # --- the pipeline: schedules per zone around both DST transitions -----------------------------------
@@ -268,9 +275,10 @@ def test_camera_clock_a_day_and_a_half_off_uses_the_upload_time(clocks: Clocks) 
     skewed, fresh = clocks.verdicts[clocks.skewed], clocks.verdicts[clocks.fresh]
     # judged at the upload time (inside drift's window) though the camera's clock is outside it
     assert skewed.verdict == "alert" and skewed.time == clocks.upload
-    assert skewed.camera_time is not None and abs((clocks.upload - skewed.camera_time).total_seconds() - 36 * 3600) < 60
-    assert skewed.clock_skew_s is not None and skewed.clock_skew_s < -35 * 3600
-    assert skewed.time_note.startswith("camera clock 1 d 12 h behind the upload time (camera ")
+    assert skewed.camera_time == clocks.skewed_at
+    assert skewed.clock_skew_s == (clocks.skewed_at - clocks.upload).total_seconds()
+    hours = int((clocks.upload - clocks.skewed_at).total_seconds() // 3600)  # 36 (38 next to a repeated hour)
+    assert skewed.time_note.startswith(f"camera clock 1 d {hours - 24} h behind the upload time (camera ")
     assert "more than clock_skew_max 2 h, defaults): schedules use the upload time" in skewed.time_note
     assert skewed.reasons[-1] == f"time: {skewed.time_note}"
     assert fresh.verdict == "alert" and fresh.time_note == "" and fresh.clock_skew_s is None
@@ -308,7 +316,8 @@ def test_explain_shows_local_time_and_the_note(clocks: Clocks) -> None:
     assert "time 2026-03-08 03:30:00 -04:00 (America/New_York)" in text
     assert f"time note: {NOTES['/gate/20260308_023000.png']}" in text
     text = _cli(clocks.ws.home, "explain", clocks.skewed)
-    assert "camera clock said " in text and "time note: camera clock 1 d 12 h behind" in text
+    assert f"camera clock said {local_text(clocks.skewed_at, 'America/New_York')}" in text
+    assert "time note: camera clock 1 d " in text
     data = json.loads(_cli(clocks.ws.home, "explain", "/gate/20260315_230000.png", "--json"))
     assert data["time"] == "2026-03-16T03:00:00Z" and data["timezone"] == "America/New_York"
 
@@ -323,7 +332,8 @@ def test_rules_show_names_the_zone_and_clock_with_their_sources(clocks: Clocks) 
 def test_status_lists_the_camera_with_a_skewed_clock(clocks: Clocks) -> None:
     text = _cli(clocks.ws.home, "status")
     lines = [line for line in text.splitlines() if "camera clock:" in line]
-    assert lines == [f"camera clock: camera drift: clock 1 d 12 h behind the upload time ({clocks.skewed})"]
+    hours = int((clocks.upload - clocks.skewed_at).total_seconds() // 3600)
+    assert lines == [f"camera clock: camera drift: clock 1 d {hours - 24} h behind the upload time ({clocks.skewed})"]
     data = json.loads(_cli(clocks.ws.home, "status", "--json"))
     assert [c["camera"] for c in data["camera_clocks"]] == ["drift"]
 
