@@ -97,6 +97,7 @@ BURST = ("/porch/20260315_230000.png", "/porch/1773630003.png")
 CLIPS = {
     "/gate/20260315_230000.mp4": ("alert", "2026-03-16T03:00:00+00:00"),
     "/gate/20260316_070000.mp4": ("dismiss", "2026-03-16T11:00:00+00:00"),
+    "/gate/20260315_230000Z.mp4": ("dismiss", "2026-03-15T23:00:00+00:00"),  # UTC: 19:00 in New York
 }
 EXIF = {"/exif-cam/local.jpg": None, "/exif-cam/utc.jpg": "+00:00", "/exif-cam/new-york.jpg": "-04:00"}
 NOTES = {

@@ -104,6 +104,8 @@ class ValidateStage(Stage):
         name_is_wall_clock = clip.start_source == "filename" and (named is None or named.tzinfo is None)
 
         def clip_time(when: datetime) -> dict[str, Any]:
+            if named is not None and named.tzinfo is not None:  # Z or +01:00 in the name: that instant
+                when = named + (when - clip.start)
             naive = name_is_wall_clock or when.tzinfo is None
             return time_fields(when.replace(tzinfo=None) if naive else when, clip.start_source, commit_time)
 
