@@ -78,9 +78,13 @@ def rules_check(
         f"{where}: valid ({len(rules.sites)} site(s), {len(rules.groups)} group(s), {len(rules.cameras)} camera(s), "
         f"{len(rules.arming)} arming state(s))"
     )
-    from alarmsieve.notify.config import load_config
+    from alarmsieve.notify.config import NotifyConfigError, load_config
 
-    path, notify = load_config(files)
+    try:  # the notification settings live in the same repo: their deprecated fields are said here too
+        path, notify = load_config(files)
+    except NotifyConfigError as exc:
+        console.print(f"[yellow]notification configuration:[/] {exc}", highlight=False, soft_wrap=True)
+        return
     for note in notify.deprecation_notes(path or "") if notify is not None else []:
         console.print(f"[yellow]deprecated:[/] {note}", highlight=False, soft_wrap=True)
 

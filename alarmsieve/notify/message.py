@@ -58,16 +58,6 @@ def utc_time(n: AlarmNotification) -> datetime:
     return n.time.replace(tzinfo=UTC) if n.time.tzinfo is None else n.time.astimezone(UTC)
 
 
-def local_time(n: AlarmNotification) -> datetime:
-    """The alarm time in the camera's time zone (UTC when none is configured)."""
-    t = utc_time(n)
-    if n.timezone:
-        from zoneinfo import ZoneInfo
-
-        return t.astimezone(ZoneInfo(n.timezone))
-    return t
-
-
 def _when(n: AlarmNotification) -> str:
     """The camera's local time with offset and zone: ``2026-03-15 23:00:00 -04:00 (America/New_York)``."""
     return local_text(utc_time(n), n.timezone)
