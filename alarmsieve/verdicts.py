@@ -113,7 +113,7 @@ def utc_iso(when: datetime) -> str:
 def shown_time(record: VerdictRecord | ClipEntry) -> str:
     """The time people read: the camera's local time, offset and zone (a clip: its frames' zone)."""
     if isinstance(record, ClipEntry):
-        zone = next((f.timezone for f in record.frames if f.timezone), "")
+        zone = record.clip.timezone or next((f.timezone for f in record.frames if f.timezone), "")
         return local_text(record.time, zone or "UTC")
     return local_text(record.time, record.timezone or "UTC")
 
@@ -199,6 +199,7 @@ def clip_entry_json(entry: ClipEntry) -> dict:
         "input_path": c.clip,
         "device": c.camera,
         "time": utc_iso(c.time),
+        "timezone": c.timezone or "UTC",
         "verdict": c.verdict,
         "reasons": c.reasons,
         "deciding_frame": c.deciding_frame,

@@ -233,6 +233,7 @@ def test_schedules_use_the_camera_wall_clock_around_both_dst_transitions(clocks:
 def test_clip_named_by_the_wall_clock(clocks: Clocks) -> None:
     got = {c: (clocks.clips[c].verdict, clocks.clips[c].time.isoformat()) for c in CLIPS}
     assert got == CLIPS
+    assert {clocks.clips[c].timezone for c in CLIPS} == {"America/New_York"}
     frames = [v for v in clocks.verdicts.values() if v.clip is not None and v.clip.clip == "/gate/20260315_230000.mp4"]
     assert frames and all(v.timezone == "America/New_York" for v in frames)
     text = _cli(clocks.ws.home, "explain", "/gate/20260315_230000.mp4")
@@ -350,6 +351,8 @@ def test_email_shows_camera_local_time_rules_win_over_notify_json(clocks: Clocks
     text = mail.get_body(("plain",)).get_content()
     assert "Time:    2026-03-15 23:00:00 -04:00 (America/New_York)\n" in text
     assert "Site:    hq\n" in text
+    clip = next(m for m in mails if "Alarm:   /gate/20260315_230000.mp4" in m.get_body(("plain",)).get_content())
+    assert str(clip["Subject"]).endswith("at 2026-03-15 23:00:00 -04:00 (America/New_York)")
     missing = next(m for m in mails if "/gate/20260308_023000.png" in m.get_body(("plain",)).get_content())
     assert f"time: {NOTES['/gate/20260308_023000.png']}" in missing.get_body(("plain",)).get_content()
 

@@ -336,7 +336,7 @@ def _explain_clip(pfs: Any, clip: Any, as_json: bool) -> None:
             frame["rejudged"] = rejudged.model_dump(mode="json") if rejudged else None
         data["deciding_frame_verdict"] = frame
         return emit_json([data])
-    lines = clip_explain_lines(clip, stored.record.timezone or None if stored is not None else None)
+    lines = clip_explain_lines(clip, clip.timezone or None)
     if stored is not None:
         lines.append(f"deciding frame {clip.deciding_frame}:")
         lines += [f"  {line}" for line in explain_lines(stored, rejudged)]

@@ -221,6 +221,7 @@ class NotifyStage(Stage):
             camera=clip.camera,
             alarm_path=clip.clip,
             time=clip.time,
+            timezone=clip.timezone or None,
             verdict=clip.verdict,
             reasons=reasons,
             objects=[{"label": d.label, "score": d.score, "box": list(d.box)} for d in clip.detections if d.kept],

@@ -178,6 +178,7 @@ class ClipVerdictRecord(Record):
     detections: list[JudgedBox] = []  # the deciding frame's judged boxes (what the notification shows)
     rules_commit: str | None = None  # of the deciding frame (else the first)
     model: ModelRef | None = None
+    timezone: str = ""  # the camera's IANA zone its frames were judged in ("" in older records: UTC)
 
 
 class NotificationRecord(Record):
