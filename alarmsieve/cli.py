@@ -793,10 +793,13 @@ def verdicts(
 
 def verdict_table(records: list[Any]) -> Table:
     """Snapshots one row each; a clip (``verdicts.ClipEntry``) a row, then one indented row per frame."""
-    from alarmsieve.verdicts import ClipEntry
+    from alarmsieve.verdicts import ClipEntry, shown_time
 
     colours = {"alert": "bold red", "review": "yellow", "dismiss": "green"}
-    table = Table("CAMERA", "FILE", "OBJECTS", "VERDICT", "REASON", box=None)
+    table = Table("CAMERA", "FILE", box=None)
+    table.add_column("TIME (camera's local)", no_wrap=True)  # one line: date, time, offset and zone
+    for title in ("OBJECTS", "VERDICT", "REASON"):
+        table.add_column(title)
 
     def objects_of(r: Any) -> str:
         return ", ".join(f"{d.label} {d.score:.2f}" for d in r.detections) or "-"
@@ -807,6 +810,7 @@ def verdict_table(records: list[Any]) -> Table:
             table.add_row(
                 c.camera,
                 f"{c.clip.rsplit('/', 1)[-1]} (clip, {len(r.frames)} frames)",
+                shown_time(r),
                 ", ".join(f"{d.label} {d.score:.2f}" for d in c.detections if d.kept) or "-",
                 f"[{colours[c.verdict]}]{c.verdict}[/]",
                 "; ".join(c.reasons[:2]),
@@ -817,6 +821,7 @@ def verdict_table(records: list[Any]) -> Table:
                 table.add_row(
                     "",
                     f"  {ref.offset_s:6.1f}s {'+'.join(ref.reasons)}{decided}",
+                    "",
                     objects_of(f),
                     f"[{colours[f.verdict]}]{f.verdict}[/]",
                     f.reasons[0] if f.reasons else "",
@@ -828,6 +833,7 @@ def verdict_table(records: list[Any]) -> Table:
         table.add_row(
             r.camera,
             name,
+            shown_time(r) + (" (!)" if r.time_note else ""),
             objects_of(r),
             f"[{colours[r.verdict]}]{r.verdict}[/]",
             r.reasons[0] if r.reasons else "",

@@ -33,7 +33,9 @@ from alarmsieve.api.schemas import FeedbackIn
 from alarmsieve.api.tables import ApiAlarm
 from alarmsieve.api.tokens import Principal
 from alarmsieve.pfs.paths import PathError
+from alarmsieve.rules.clock import local_text
 from alarmsieve.stages.records import NOTIFICATION_FILE, NotificationRecord, VerdictRecord
+from alarmsieve.verdicts import shown_time
 
 COOKIE = "alarmsieve_token"
 MEDIA_REPOS = {IMAGES_REPO, "validate", "detect", "assess", FEEDBACK_REPO}
@@ -42,6 +44,8 @@ PAGE = 100
 
 templates = Jinja2Templates(directory=str(Path(__file__).resolve().parent / "templates"))
 templates.env.filters["urlpath"] = lambda s: quote(str(s), safe="/")
+templates.env.filters["camera_time"] = lambda r: shown_time(r)  # the camera's local time, offset and zone
+templates.env.filters["local_time"] = lambda when, zone: local_text(when, zone or "UTC")
 router = APIRouter(include_in_schema=False)
 
 

@@ -39,6 +39,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from alarmsieve.rules import AlarmFacts, ObjectBox, RulesError, RuleSet, judge, load_rules
+from alarmsieve.rules.clock import CameraTime, skew_note, wall_to_utc
 from alarmsieve.rules.schema import EffectiveRules, LabelPolicy
 from alarmsieve.stages.alarms import alarm_folders, pass_through, read_record, write_record
 from alarmsieve.stages.base import DatumContext, Stage, StageServices, StageUsageError
@@ -77,7 +78,7 @@ class BurstFrame:
 
 class AssessStage(Stage):
     name = "assess"
-    code_version = "3"  # 2: bursts; 3: an alarm judged again keeps its rules (rules_for_alarm)
+    code_version = "4"  # 2: bursts; 3: an alarm judged again keeps its rules; 4: camera time (zone, DST, skew)
 
     def __init__(self, args: list[str], services: StageServices) -> None:
         super().__init__(args, services)
@@ -295,7 +296,7 @@ class AssessStage(Stage):
             # only a review-band detection can change with the burst: read the history only then
             in_doubt = any(d.kept and d.severity == "review" for d in verdict.detections)
             if burst.on and verdict.status == "ok" and in_doubt:
-                frames = self.camera_frames(ctx, verdict.camera)
+                frames = self.camera_frames(ctx, verdict.camera, in_force.rules)
                 if frames:
                     verdict = apply_burst(verdict, record.meta, in_force.rules, frames)
             if in_force.note:
@@ -306,8 +307,11 @@ class AssessStage(Stage):
             why = verdict.reasons[0] if verdict.reasons else ""
             ctx.log.info("alarm %s: %s: %s", verdict.alarm, verdict.verdict, why)
 
-    def camera_frames(self, ctx: DatumContext, camera: str) -> list[BurstFrame]:
-        """The camera's frames in the detections repo head, read once per job (empty when unreadable)."""
+    def camera_frames(self, ctx: DatumContext, camera: str, rules: RuleSet | None = None) -> list[BurstFrame]:
+        """The camera's frames in the detections repo head, read once per job (empty when unreadable).
+
+        With ``rules``, each frame's time is its camera time (the wall clock read in the camera's zone),
+        as the alarm's is: a frame with an EXIF offset and one named by the wall clock compare right."""
         if self.frames_repo is None or self.services.read_files is None:
             return []
         if self._frames_job != ctx.job_id:
@@ -315,6 +319,7 @@ class AssessStage(Stage):
         found = self._frames.get(camera)
         if found is None:
             snapshot = self.services.read_files(self.frames_repo, self.frames_branch, f"/{camera}", DETECTIONS_FILE)
+            eff = rules.for_camera(camera) if rules is not None else None
             found = []
             for path, raw in snapshot.files.items():
                 try:
@@ -326,7 +331,8 @@ class AssessStage(Stage):
                     continue
                 if rec.status == "ok":
                     boxes = tuple((d.label, d.score, d.box) for d in rec.detections)
-                    found.append(BurstFrame(rec.meta.alarm, _utc(rec.meta.time), rec.meta.time_source, boxes))
+                    when = camera_time(rec.meta, eff).camera_time if eff is not None else _utc(rec.meta.time)
+                    found.append(BurstFrame(rec.meta.alarm, when, rec.meta.time_source, boxes))
             self._frames[camera] = found
         return found
 
@@ -361,7 +367,7 @@ def apply_burst(verdict: VerdictRecord, meta: AlarmMeta, rules: RuleSet, frames:
     """The verdict with the evidence of the camera's other frames within the burst window (see module doc)."""
     eff = rules.for_camera(verdict.camera)
     b = eff.burst
-    t = _utc(meta.time)
+    t = verdict.camera_time or verdict.time  # the camera's clock, as the frames' times (not the upload's)
     event = [
         f
         for f in frames
@@ -406,18 +412,19 @@ def apply_burst(verdict: VerdictRecord, meta: AlarmMeta, rules: RuleSet, frames:
     if not changed:
         return verdict
     kept = sorted((d for d in boxes if d.kept), key=lambda d: (d.severity != "alert", -d.score))
+    time_note = [f"time: {verdict.time_note}"] if verdict.time_note else []
     if kept:
         return verdict.model_copy(
             update={
                 "verdict": "alert" if kept[0].severity == "alert" else "review",
-                "reasons": [d.why for d in kept],
+                "reasons": [*(d.why for d in kept), *time_note],
                 "rule_path": kept[0].rule_path or verdict.rule_path,
                 "detections": boxes,
             }
         )
     summary = f"no threat: one-frame flicker dismissed ({len(event)} other frames within {window} show nothing)"
     return verdict.model_copy(
-        update={"verdict": "dismiss", "reasons": [summary, *(d.why for d in boxes)], "detections": boxes}
+        update={"verdict": "dismiss", "reasons": [summary, *(d.why for d in boxes), *time_note], "detections": boxes}
     )
 
 
@@ -429,6 +436,30 @@ def with_note(verdict: VerdictRecord, note: str, doubt: bool) -> VerdictRecord:
     return verdict.model_copy(update={"rules_note": note})
 
 
+def camera_time(meta: AlarmMeta, eff: EffectiveRules) -> CameraTime:
+    """The alarm's absolute time under its camera's rules (docs/rules.md, "Camera time").
+
+    A reading without an offset (``wall_time``) is the wall clock of the camera's zone, or UTC with
+    ``clock: utc``; an absolute one (EXIF offset, Unix seconds, upload) is kept. A camera time further
+    than ``clock_skew_max`` from the upload time is not trusted for schedules: the upload time is used.
+    """
+    clock = eff.clock
+    note = ""
+    if meta.wall_time is None:
+        taken = _utc(meta.time)
+    elif clock.kind == "utc":
+        taken = meta.wall_time.replace(tzinfo=UTC)
+    else:
+        taken, note = wall_to_utc(meta.wall_time, eff.timezone)
+    if meta.upload_time is None or meta.time_source == "commit" or clock.skew_max_s <= 0:
+        return CameraTime(taken, taken, eff.timezone, note)
+    upload = _utc(meta.upload_time)
+    if abs((taken - upload).total_seconds()) <= clock.skew_max_s:
+        return CameraTime(taken, taken, eff.timezone, note)
+    skew, why = skew_note(taken, upload, eff.timezone, clock.kind, clock.skew_max_s, clock.skew_max_from)
+    return CameraTime(upload, taken, eff.timezone, f"{note}; {why}" if note else why, skew)
+
+
 def judge_record(
     record: DetectionsRecord,
     rules: RuleSet,
@@ -438,6 +469,7 @@ def judge_record(
 ) -> VerdictRecord:
     """The verdict of one detect record under the given rules (used by assess and `rules what-if`)."""
     meta = record.meta
+    when = camera_time(meta, rules.for_camera(meta.camera))
     facts = AlarmFacts(
         camera=meta.camera,
         width=meta.width,
@@ -445,15 +477,20 @@ def judge_record(
         status=record.status,
         status_reason=record.reason or meta.reason,
         objects=[ObjectBox(label=d.label, score=d.score, box=d.box) for d in record.detections],
-        time=meta.time,
+        time=when.when,
     )
     judgement = judge(rules, facts)
     return VerdictRecord(
         alarm=meta.alarm,
         camera=meta.camera,
-        time=meta.time,
+        time=when.when,
+        timezone=when.timezone,
+        time_note=when.note,
+        camera_time=when.camera_time if when.camera_time != when.when else None,
+        clock_skew_s=when.skew_s,
         verdict=judgement.verdict,
-        reasons=judgement.reasons,
+        # the note last: it says how the time the schedules saw was read (and e-mails list reasons)
+        reasons=[*judgement.reasons, f"time: {when.note}"] if when.note else judgement.reasons,
         rule_path=judgement.rule_path,
         rules_commit=rules_commit,
         status=record.status,
