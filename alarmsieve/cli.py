@@ -185,10 +185,25 @@ def create_pipeline(
 def update_pipeline(
     file: Annotated[str, typer.Option("--file", "-f", help="spec file (JSON or YAML), - for stdin")],
     reprocess: Annotated[bool, typer.Option(help="run every datum again with the new version")] = False,
+    rules: Annotated[
+        str | None,
+        typer.Option(
+            "--rules",
+            help="with --reprocess: rules that re-judge past alarms: first (default: each alarm's own) or head",
+        ),
+    ] = None,
 ) -> None:
     """Update pipelines to the spec in FILE; only new data meets the new version unless --reprocess."""
+    from alarmsieve.rejudge import parse_choice, set_downstream, with_rejudge_rules
+
+    if rules is not None and not reprocess:
+        fail("--rules goes with --reprocess (it says which rules re-judge the alarms run again)", 2)
+    choice = parse_choice(rules or "first")
     ws = workspace()
+    updated = []
     for spec in _read_specs(file):
+        if reprocess:
+            spec = with_rejudge_rules(spec, choice)
         identity = ws.stage_identity(spec)
         version, what = ws.pps.create_pipeline(
             spec, update=True, reprocess=reprocess, identity=identity, code_dir=_spec_dir(file)
@@ -199,6 +214,10 @@ def update_pipeline(
             else what
         )
         console.print(f"pipeline {spec.name}: {note} (version {version})")
+        updated.append(spec.name)
+    if reprocess:  # the assess pipelines downstream judge the reprocessed alarms with the chosen rules
+        for name, version, what in set_downstream(ws.pps, updated, choice):
+            console.print(f"pipeline {name}: {what}: past alarms re-judged with --rules {choice} (version {version})")
 
 
 def _spec_dir(file: str) -> Path:
@@ -774,10 +793,13 @@ def verdicts(
 
 def verdict_table(records: list[Any]) -> Table:
     """Snapshots one row each; a clip (``verdicts.ClipEntry``) a row, then one indented row per frame."""
-    from alarmsieve.verdicts import ClipEntry
+    from alarmsieve.verdicts import ClipEntry, shown_time
 
     colours = {"alert": "bold red", "review": "yellow", "dismiss": "green"}
-    table = Table("CAMERA", "FILE", "OBJECTS", "VERDICT", "REASON", box=None)
+    table = Table("CAMERA", "FILE", box=None)
+    table.add_column("TIME (camera's local)", no_wrap=True)  # one line: date, time, offset and zone
+    for title in ("OBJECTS", "VERDICT", "REASON"):
+        table.add_column(title)
 
     def objects_of(r: Any) -> str:
         return ", ".join(f"{d.label} {d.score:.2f}" for d in r.detections) or "-"
@@ -788,6 +810,7 @@ def verdict_table(records: list[Any]) -> Table:
             table.add_row(
                 c.camera,
                 f"{c.clip.rsplit('/', 1)[-1]} (clip, {len(r.frames)} frames)",
+                shown_time(r),
                 ", ".join(f"{d.label} {d.score:.2f}" for d in c.detections if d.kept) or "-",
                 f"[{colours[c.verdict]}]{c.verdict}[/]",
                 "; ".join(c.reasons[:2]),
@@ -798,6 +821,7 @@ def verdict_table(records: list[Any]) -> Table:
                 table.add_row(
                     "",
                     f"  {ref.offset_s:6.1f}s {'+'.join(ref.reasons)}{decided}",
+                    "",
                     objects_of(f),
                     f"[{colours[f.verdict]}]{f.verdict}[/]",
                     f.reasons[0] if f.reasons else "",
@@ -809,6 +833,7 @@ def verdict_table(records: list[Any]) -> Table:
         table.add_row(
             r.camera,
             name,
+            shown_time(r) + (" (!)" if r.time_note else ""),
             objects_of(r),
             f"[{colours[r.verdict]}]{r.verdict}[/]",
             r.reasons[0] if r.reasons else "",
@@ -819,19 +844,31 @@ def verdict_table(records: list[Any]) -> Table:
 @app.command("eval")
 def eval_command(
     images: Annotated[Path, typer.Option(help="folder of images")],
-    labels: Annotated[Path, typer.Option(help="labels: a CSV (file,objects) or a folder of YOLO .txt files")],
+    labels: Annotated[
+        Path, typer.Option(help="labels: a CSV (file,objects or file,person[,condition]) or a YOLO .txt folder")
+    ],
     threat_labels: Annotated[
         str | None, typer.Option(help="comma-separated; default: the labels rules alert on")
     ] = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Run the pipeline on a labelled set: missed threats and suppressed false alarms."""
+    """Run the pipeline on a labelled set: missed threats and suppressed false alarms (per condition too)."""
+    from alarmsieve.commands.quality import print_conditions, warn_problems
     from alarmsieve.config import load_settings
-    from alarmsieve.evaluate import run_eval
+    from alarmsieve.evaluate import load_label_set, run_eval
 
     wanted = [t.strip() for t in threat_labels.split(",") if t.strip()] if threat_labels else None
+    label_set = load_label_set(images, labels)
+    warn_problems(label_set.problems)
     with _progress() as progress:
-        report = run_eval(images, labels, base=load_settings(), threat_labels=wanted, progress=_RichProgress(progress))
+        report = run_eval(
+            images,
+            labels,
+            base=load_settings(),
+            threat_labels=wanted,
+            progress=_RichProgress(progress),
+            label_set=label_set,
+        )
     if as_json:
         sys.stdout.write(report.model_dump_json() + "\n")
         return
@@ -846,12 +883,19 @@ def eval_command(
         f"operator load on calm images: {report.reviews_on_calm} reviews, {report.alerts_on_calm} alerts",
         highlight=False,
     )
+    if report.recall is not None and report.alerted is not None:
+        console.print(
+            f"recall (alert or review): {report.recall.text()}   alerted: {report.alerted.text()}", highlight=False
+        )
+    print_conditions(report)
     for title, items in (("missed threats", report.misses), ("false alarms", report.false_alarms)):
         if items:
             console.print(f"[bold]{title}:[/]")
             for o in items:
                 console.print(
-                    f"  {o.file} [{', '.join(o.objects)}] -> {o.verdict}: {'; '.join(o.reasons[:2])}", highlight=False
+                    f"  {o.file} [{', '.join(o.objects)}] -> {o.verdict}: {'; '.join(o.reasons[:2])}",
+                    highlight=False,
+                    markup=False,  # "[person]" is text, not a rich tag
                 )
 
 

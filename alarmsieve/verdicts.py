@@ -7,10 +7,11 @@ per sampled frame (``assess``, with ``clip`` set); listings show the clip with i
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 
 from alarmsieve.errors import AlarmsieveError
 from alarmsieve.pfs.api import Pfs
+from alarmsieve.rules.clock import duration_text, local_text
 from alarmsieve.stages.records import CLIP_VERDICT_FILE, VERDICT_FILE, ClipVerdictRecord, VerdictRecord
 
 ASSESS_REPO = "assess"
@@ -104,12 +105,68 @@ def list_verdicts(
     return entries
 
 
+def utc_iso(when: datetime) -> str:
+    """JSON times: ISO 8601 in UTC (a naive time is UTC already)."""
+    return (when if when.tzinfo is not None else when.replace(tzinfo=UTC)).astimezone(UTC).isoformat()
+
+
+def shown_time(record: VerdictRecord | ClipEntry) -> str:
+    """The time people read: the camera's local time, offset and zone (a clip: its frames' zone)."""
+    if isinstance(record, ClipEntry):
+        zone = record.clip.timezone or next((f.timezone for f in record.frames if f.timezone), "")
+        return local_text(record.time, zone or "UTC")
+    return local_text(record.time, record.timezone or "UTC")
+
+
+@dataclass(frozen=True)
+class ClockSkew:
+    """A camera whose latest verdict found its clock beyond clock_skew_max from the upload time."""
+
+    camera: str
+    skew_s: float
+    alarm: str
+    note: str
+
+    def line(self) -> str:
+        side = "ahead of" if self.skew_s > 0 else "behind"
+        return f"camera {self.camera}: clock {duration_text(self.skew_s)} {side} the upload time ({self.alarm})"
+
+
+RECENT_JOBS = 20  # clock_skews reads the verdicts of this many latest assess commits
+
+
+def clock_skews(pfs: Pfs, jobs: int = RECENT_JOBS) -> list[ClockSkew]:
+    """Per camera, from its latest verdict among those the last ``jobs`` assess commits wrote: a line when
+    that verdict found the camera's clock skewed. Only those commits' files are read (one indexed diff),
+    so ``status`` stays cheap however many verdicts the repo holds."""
+    if not pfs.repo_exists(ASSESS_REPO) or pfs.head(ASSESS_REPO) is None:
+        return []
+    commits = pfs.list_commits(ASSESS_REPO, limit=jobs)  # newest first
+    latest: dict[str, VerdictRecord] = {}
+    for change in pfs.diff(ASSESS_REPO, commits[-1].parent, commits[0].id):
+        if change.new_sha256 is None or not change.path.endswith("/" + VERDICT_FILE):
+            continue
+        record = VerdictRecord.model_validate_json(pfs.objects.get_bytes(change.new_sha256))
+        seen = latest.get(record.camera)
+        if seen is None or (record.time, record.alarm) > (seen.time, seen.alarm):
+            latest[record.camera] = record
+    return [
+        ClockSkew(r.camera, r.clock_skew_s, r.alarm, r.time_note)
+        for r in sorted(latest.values(), key=lambda r: r.camera)
+        if r.clock_skew_s is not None
+    ]
+
+
 def verdict_json(record: VerdictRecord) -> dict:
-    """The public JSON of one verdict (``alarmsieve verdicts --json``)."""
+    """The public JSON of one verdict (``alarmsieve verdicts --json``): times in UTC (ISO 8601)."""
     return {
         "input_path": record.alarm,
         "device": record.camera,
-        "time": record.time.isoformat(),
+        "time": utc_iso(record.time),
+        "timezone": record.timezone or "UTC",
+        "time_note": record.time_note,
+        "camera_time": utc_iso(record.camera_time) if record.camera_time else None,
+        "clock_skew_s": record.clock_skew_s,
         "verdict": record.verdict,
         "reasons": record.reasons,
         "status": record.status,
@@ -141,7 +198,8 @@ def clip_entry_json(entry: ClipEntry) -> dict:
         "kind": "clip",
         "input_path": c.clip,
         "device": c.camera,
-        "time": c.time.isoformat(),
+        "time": utc_iso(c.time),
+        "timezone": c.timezone or "UTC",
         "verdict": c.verdict,
         "reasons": c.reasons,
         "deciding_frame": c.deciding_frame,

@@ -70,7 +70,7 @@ def test_build_email_parses_back():
     raw = build_email(n, sender="alarms@example.org", recipients=["a@example.org", "b@example.org"]).as_bytes()
     msg = email.message_from_bytes(raw, policy=email.policy.default)
 
-    assert msg["Subject"] == "[alarmsieve] ALERT person on cam-1 at 2026-03-01 12:00:05 UTC"
+    assert msg["Subject"] == "[alarmsieve] ALERT person on cam-1 at 2026-03-01 12:00:05 +00:00 (UTC)"
     assert msg["To"] == "a@example.org, b@example.org"
     assert msg["Message-ID"] == message_id(n.key, "alarms@example.org")
     assert msg.get_content_type() == "multipart/mixed"

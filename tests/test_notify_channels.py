@@ -62,8 +62,8 @@ def test_smtp_plain_delivers_parsable_message_with_both_images(ledger: Notificat
     assert msg["To"] == "ops@example.org" and msg["From"] == "alarms@example.org"
     assert out.provider_id == msg["Message-ID"]
     # 12:00:05 UTC is 13:00:05 in Paris in March; the site is named
-    assert msg["Subject"] == "[alarmsieve] ALERT person on cam-1 (north) at 2026-03-01 13:00:05 CET"
-    assert "13:00:05+01:00" in msg.get_body(preferencelist=("plain",)).get_content()
+    assert msg["Subject"] == "[alarmsieve] ALERT person on cam-1 (north) at 2026-03-01 13:00:05 +01:00 (Europe/Paris)"
+    assert "Time:    2026-03-01 13:00:05 +01:00 (Europe/Paris)" in msg.get_body(preferencelist=("plain",)).get_content()
     images = _images(msg)
     assert images == {"inline": JPEG, "attachment": ORIGINAL}
 

@@ -143,7 +143,9 @@ def test_ten_alarms_of_one_intruder_in_30s_are_one_notification_plus_updates(url
     mails = eml(tmp_path)
     assert len(mails) == 2 * 3  # one new + one update, to 3 recipients
     subjects = sorted({str(m["Subject"]).strip() for m in mails})
-    assert subjects[0].startswith("[alarmsieve] ALERT person on cam-1 (north) at 2026-03-01 13:00:00 CET")
+    assert subjects[0].startswith(
+        "[alarmsieve] ALERT person on cam-1 (north) at 2026-03-01 13:00:00 +01:00 (Europe/Paris)"
+    )
     assert subjects[1].startswith("[alarmsieve] UPDATE ALERT person on cam-1 (north)")
     update = next(m for m in mails if "UPDATE" in m["Subject"])
     assert "Update to incident" in update.get_body(preferencelist=("plain",)).get_content()

@@ -21,6 +21,7 @@ RULES = """
 sites:
   depot:
     timezone: Europe/London
+    clock_skew_max: off  # file names days before the upload: their own time is judged, not the upload's
     schedule:
       - {days: daily, start: '22:00', end: '06:00'}
 cameras:

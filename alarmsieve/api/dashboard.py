@@ -33,7 +33,9 @@ from alarmsieve.api.schemas import FeedbackIn
 from alarmsieve.api.tables import ApiAlarm
 from alarmsieve.api.tokens import Principal
 from alarmsieve.pfs.paths import PathError
+from alarmsieve.rules.clock import local_text
 from alarmsieve.stages.records import NOTIFICATION_FILE, NotificationRecord, VerdictRecord
+from alarmsieve.verdicts import shown_time
 
 COOKIE = "alarmsieve_token"
 MEDIA_REPOS = {IMAGES_REPO, "validate", "detect", "assess", FEEDBACK_REPO}
@@ -42,6 +44,8 @@ PAGE = 100
 
 templates = Jinja2Templates(directory=str(Path(__file__).resolve().parent / "templates"))
 templates.env.filters["urlpath"] = lambda s: quote(str(s), safe="/")
+templates.env.filters["camera_time"] = lambda r: shown_time(r)  # the camera's local time, offset and zone
+templates.env.filters["local_time"] = lambda when, zone: local_text(when, zone or "UTC")
 router = APIRouter(include_in_schema=False)
 
 
@@ -175,6 +179,7 @@ def detail(request: Request, alarm_id: str, who: Operator, saved: str | None = N
     record: VerdictRecord | None = read_verdict(state.ws, alarm_id)
     notification, ledger = _notification(state, alarm_id)
     received = state.ingestor.received(alarm_id)
+    history = _history(state, alarm_id) if record is not None else None
     return _page(
         request,
         "detail.html",
@@ -188,7 +193,15 @@ def detail(request: Request, alarm_id: str, who: Operator, saved: str | None = N
         metadata=json.loads(received.metadata_json) if received else {},
         feedback=read_feedback(state.ws, alarm_id),
         saved=saved,
+        history=history,
     )
+
+
+def _history(state: Any, alarm_id: str) -> Any:
+    """Every judgment of the alarm and its notifications (the page's "History" section)."""
+    from alarmsieve.history import verdict_history
+
+    return verdict_history(state.ws.pfs, state.ws.catalog_url, f"/{alarm_id}")
 
 
 def _exists(state: Any, alarm_id: str) -> bool:

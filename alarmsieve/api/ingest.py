@@ -1,7 +1,7 @@
 """Alarms in over HTTP: check the upload, commit it to ``images`` (a clip: ``videos``) and read its progress back.
 
 The alarm id is its path in the ``images`` (or ``videos``) repo without the leading slash,
-``<camera>/<name>``, with ``name = <UTC time YYYYmmdd_HHMMSS>_<sha256[:12]>.<ext>``: stable (the same
+``<camera>/<name>``, with ``name = <UTC time YYYYmmdd_HHMMSS>Z_<sha256[:12]>.<ext>``: stable (the same
 file posted again for the same camera and time gets the same id and is not committed twice) and
 readable by the ``validate`` and ``frames`` stages (the time in the name is the alarm's time when the
 file carries none of its own). The extension says what it is: a clip's is mp4, mov, mkv, webm or avi.
@@ -214,7 +214,8 @@ def parse_metadata(text: str | None, limits: IngestLimits) -> dict[str, Any]:
 
 
 def alarm_name(sha256: str, ext: str, when: datetime) -> str:
-    return f"{when.astimezone(UTC):%Y%m%d_%H%M%S}_{sha256[:12]}.{ext}"
+    # Z: the stamp is UTC, not the camera's wall clock (validate reads a stamp without it in the camera's zone)
+    return f"{when.astimezone(UTC):%Y%m%d_%H%M%S}Z_{sha256[:12]}.{ext}"
 
 
 def split_alarm_id(alarm_id: str) -> tuple[str, str]:

@@ -54,6 +54,14 @@ def compare_pipeline_command(
     if not report.verdicts_compared:
         return
     console.print(f"verdicts: {len(report.flips)} of {report.verdicts_compared} would flip", highlight=False)
+    held = ", ".join(f"rules@{commit[:12]} {n}" for commit, n in report.rules_held.items())
+    console.print(f"  each alarm judged with the rules it was judged with ({held})", highlight=False)
+    if report.stored_differs:
+        console.print(
+            f"  not counted: {len(report.stored_differs)} stored verdict(s) differ from the baseline for another "
+            "reason (e.g. a newer assess version): " + ", ".join(d.alarm for d in report.stored_differs[:5]),
+            highlight=False,
+        )
     for camera, counts in report.flips_by_camera.items():
         console.print(f"  {camera}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())), highlight=False)
     for flip in report.flips:

@@ -60,8 +60,14 @@ def status(as_json: JsonFlag = False) -> None:
     report = ws.ops.status()
     holder = ws.runner_holder()
     if as_json:
+        from alarmsieve.verdicts import clock_skews
+
         data = report.model_dump(mode="json")
         data["runner"] = holder
+        data["camera_clocks"] = [
+            {"camera": c.camera, "clock_skew_s": c.skew_s, "alarm": c.alarm, "note": c.note}
+            for c in clock_skews(ws.pfs)
+        ]
         return emit_json([data])
     console.print(f"[bold]runner:[/] {holder or 'not running (start one with `alarmsieve serve` or `run`)'}")
     table = Table(
@@ -87,6 +93,10 @@ def status(as_json: JsonFlag = False) -> None:
     console.print(table)
     n = report.notifications
     console.print(f"[bold]notifications:[/] {n.pending} pending, {n.failed} failed, {n.sent} sent", highlight=False)
+    from alarmsieve.verdicts import clock_skews
+
+    for skew in clock_skews(ws.pfs):  # from each camera's latest verdict
+        console.print(f"[yellow]camera clock:[/] {skew.line()}", highlight=False, soft_wrap=True)
     dead = [w for w in report.workers if w.state == "dead"]
     for w in dead[-5:]:
         console.print(f"[red]dead worker[/] {w.worker} ({ago(w.updated_at)}): {w.reason}", highlight=False)

@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
-from alarmsieve.cli import JsonFlag, _progress, _RichProgress, app, console, workspace
+from alarmsieve.cli import JsonFlag, _progress, _RichProgress, app, console, err_console, workspace
 from alarmsieve.errors import AlarmsieveError
 
 quality_app = typer.Typer(
@@ -36,6 +37,9 @@ TileMaxOpt = Annotated[
 ]
 HtmlOpt = Annotated[Path | None, typer.Option("--html", help="write the HTML report here")]
 ThreatOpt = Annotated[str | None, typer.Option("--threat-labels", help="comma-separated; default: what rules alert on")]
+
+
+LISTED = 20  # misses and false alarms listed in the terminal; --json and --html have them all
 
 
 class QualityUsageError(AlarmsieveError):
@@ -61,10 +65,31 @@ def _threats(text: str | None) -> list[str] | None:
     return [t.strip() for t in text.split(",") if t.strip()] if text else None
 
 
-def _run(images: Path, labels: Path, threat_labels: str | None, args: list[str], min_area: float) -> Any:
-    from alarmsieve.config import load_settings
-    from alarmsieve.evaluate import run_eval
+def eval_inputs(images: Path | None, labels: Path | None, sequences: Path | None) -> tuple[Path, Path]:
+    """``--images`` + ``--labels``, or ``--sequences DIR`` (= ``--images DIR --labels DIR/labels.csv``)."""
+    if sequences is not None:
+        if images is not None or labels is not None:
+            raise QualityUsageError("give either --sequences DIR or --images DIR --labels L, not both")
+        if not (sequences / "labels.csv").is_file():
+            raise QualityUsageError(
+                f"--sequences {sequences}: no labels.csv there (columns sequence,file,person[,condition][,note])"
+            )
+        return sequences, sequences / "labels.csv"
+    if images is None or labels is None:
+        raise QualityUsageError("give --images DIR and --labels CSV|YOLO_DIR (or --sequences DIR)")
+    return images, labels
 
+
+def _run(
+    images: Path, labels: Path, threat_labels: str | None, args: list[str], min_area: float, *, sequences: bool = False
+) -> Any:
+    from alarmsieve.config import load_settings
+    from alarmsieve.evaluate import load_label_set, run_eval
+
+    label_set = load_label_set(images, labels)
+    if sequences and not any(i.sequence for i in label_set.items):
+        raise QualityUsageError(f"--sequences: {labels} has no 'sequence' column; name each frame's sequence folder")
+    warn_problems(label_set.problems)
     with _progress() as progress:
         return run_eval(
             images,
@@ -74,7 +99,14 @@ def _run(images: Path, labels: Path, threat_labels: str | None, args: list[str],
             progress=_RichProgress(progress),
             detect_args=args,
             min_threat_area=min_area,
+            label_set=label_set,
         )
+
+
+def warn_problems(problems: list[str]) -> None:
+    """One line per labels row left out, before the run (the rest of the set is evaluated)."""
+    for line in problems:
+        err_console.print(f"[yellow]skipped:[/] {line}", highlight=False, soft_wrap=True)
 
 
 def _pct(p: Any) -> str:
@@ -105,6 +137,59 @@ def group_table(groups: list[Any], title: str) -> Table:
     return table
 
 
+def condition_table(groups: list[Any], title: str) -> Table:
+    """Per condition or per sequence: recall (alert or review) and alerted over person frames,
+    suppression over frames without one, excluded frames, and events reached where there are sequences."""
+    with_events = any(g.events is not None for g in groups)
+    columns = [title.upper(), "FRAMES", "EXCL", "PERSON", "RECALL [95%]", "ALERTED [95%]", "CALM", "SUPPRESSION [95%]"]
+    table = Table(*columns, *(["EVENTS REACHED [95%]"] if with_events else []), box=None)
+    for g in groups:
+        row = [
+            g.name,
+            str(g.images),
+            str(g.excluded),
+            str(g.threats),
+            _pct(g.recall) if g.threats else "-",
+            _pct(g.alerted) if g.threats else "-",
+            str(g.calm),
+            _pct(g.suppression) if g.calm else "-",
+        ]
+        if with_events:
+            row.append(_pct(g.events) if g.events is not None and g.events.n else "-")
+        table.add_row(*row)
+    return table
+
+
+def print_conditions(report: Any) -> None:
+    """The per-condition / per-sequence part of a report (labels with a condition or sequence column)."""
+    if report.excluded:
+        console.print(f"excluded (person label empty: run, not scored): {len(report.excluded)} frames", highlight=False)
+    if report.event_recall is not None:
+        console.print(
+            f"events reached (a run of person frames with a frame alerted or reviewed): {_pct(report.event_recall)}; "
+            f"alerted {_pct(report.event_alerted)}",
+            highlight=False,
+        )
+    if report.per_condition:
+        console.print(condition_table(report.per_condition, "condition"))
+    if report.per_sequence:
+        console.print(condition_table(report.per_sequence, "sequence"))
+    for e in report.events:
+        when = (
+            f"reached at {escape(e.first_reaching_file or '')} ({e.frames_before_reached} person frames before it)"
+            if e.reached
+            else "[red]never reached a person[/]"
+        )
+        last = escape(e.last_file.rsplit("/", 1)[-1])
+        console.print(f"  event {escape(e.first_file)} .. {last} ({e.frames} frames): {when}", highlight=False)
+    if report.detect_ms_mean is not None:
+        console.print(
+            f"detect time per frame: mean {report.detect_ms_mean:.1f} ms, median {report.detect_ms_median:.1f} ms "
+            f"({report.detect_ms_frames} frames)",
+            highlight=False,
+        )
+
+
 def print_report(report: Any, *, group_title: str = "camera") -> None:
     load = report.operator_load
     console.print(
@@ -112,6 +197,7 @@ def print_report(report: Any, *, group_title: str = "camera") -> None:
         f"{report.calm} calm" + (f"; detect {' '.join(report.detect_args)}" if report.detect_args else ""),
         highlight=False,
     )
+    console.print(f"recall:              {_pct(report.recall)} (alert or review: reach a person)", highlight=False)
     console.print(f"missed threats:      {_pct(report.missed_detail)} (dismissed: reach no one)", highlight=False)
     if report.alerted is not None:
         console.print(f"threats alerted:     {_pct(report.alerted)} (the rest went to review)", highlight=False)
@@ -128,20 +214,33 @@ def print_report(report: Any, *, group_title: str = "camera") -> None:
     )
     console.print(f"suppression, calm with no vehicle: {_pct(report.clear_calm_suppression)}", highlight=False)
     console.print(group_table(report.per_label, "label"))
-    console.print(group_table(report.per_camera, group_title))
+    if not report.per_sequence:  # with sequences the cameras are the sequences, shown below
+        console.print(group_table(report.per_camera, group_title))
+    print_conditions(report)
     for title, items in (("missed threats", report.misses), ("false alarms", report.false_alarms)):
         if items:
             console.print(f"[bold]{title}:[/]")
-            for o in items:
+            for o in items[:LISTED]:
                 console.print(
-                    f"  {o.file} [{', '.join(o.objects)}] -> {o.verdict}: {'; '.join(o.reasons[:2])}", highlight=False
+                    f"  {o.file} [{', '.join(o.objects)}] -> {o.verdict}: {'; '.join(o.reasons[:2])}",
+                    highlight=False,
+                    markup=False,  # "[person]" is text, not a rich tag
                 )
+            if len(items) > LISTED:
+                console.print(f"  … and {len(items) - LISTED} more (all in --json and --html)", highlight=False)
 
 
 @quality_app.command("eval")
 def quality_eval(
-    images: Annotated[Path, typer.Option(help="folder of images")],
-    labels: Annotated[Path, typer.Option(help="labels: a CSV (file,objects) or a folder of YOLO .txt files")],
+    images: Annotated[Path | None, typer.Option(help="folder of images")] = None,
+    labels: Annotated[
+        Path | None,
+        typer.Option(help="labels: a CSV (file,objects or file,person [,condition,note,sequence]) or a YOLO folder"),
+    ] = None,
+    sequences: Annotated[
+        Path | None,
+        typer.Option(help="a folder of sequences (<sequence>/<file>) with labels.csv: sequence,file,person,…"),
+    ] = None,
     threat_labels: ThreatOpt = None,
     html: HtmlOpt = None,
     tiling: TilingOpt = "",
@@ -152,12 +251,14 @@ def quality_eval(
     ] = 0.005,
     as_json: JsonFlag = False,
 ) -> None:
-    """Eval with 95 % Wilson intervals, per label and per camera, operator load, curve and HTML report."""
-    report = _run(images, labels, threat_labels, detect_args(tiling, tile_cameras, tile_max), min_threat_area)
+    """Eval with 95 % Wilson intervals, per label, camera, condition and sequence (events), curve and HTML report."""
+    folder, labels_file = eval_inputs(images, labels, sequences)
+    args = detect_args(tiling, tile_cameras, tile_max)
+    report = _run(folder, labels_file, threat_labels, args, min_threat_area, sequences=sequences is not None)
     if html:
         from alarmsieve.quality.report import write_html
 
-        write_html(report, images, html, title=f"alarmsieve eval: {images}")
+        write_html(report, folder, html, title=f"alarmsieve eval: {folder}")
     if as_json:
         sys.stdout.write(report.model_dump_json() + "\n")
         return

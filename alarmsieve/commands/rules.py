@@ -78,6 +78,15 @@ def rules_check(
         f"{where}: valid ({len(rules.sites)} site(s), {len(rules.groups)} group(s), {len(rules.cameras)} camera(s), "
         f"{len(rules.arming)} arming state(s))"
     )
+    from alarmsieve.notify.config import NotifyConfigError, load_config
+
+    try:  # the notification settings live in the same repo: their deprecated fields are said here too
+        path, notify = load_config(files)
+    except NotifyConfigError as exc:
+        console.print(f"[yellow]notification configuration:[/] {exc}", highlight=False, soft_wrap=True)
+        return
+    for note in notify.deprecation_notes(path or "") if notify is not None else []:
+        console.print(f"[yellow]deprecated:[/] {note}", highlight=False, soft_wrap=True)
 
 
 @rules_app.command("put")
@@ -156,7 +165,14 @@ def rules_show(
     console.print(f"camera [bold]{camera}[/]  rules {eff.rule_path}  (rules@{found.commit or 'built-in'})")
     if eff.rule_path == "defaults":
         console.print("  not declared in the rules: the defaults apply")
-    console.print(f"  site {eff.site or '-'}  group {eff.group or '-'}  time zone {eff.timezone}")
+    console.print(f"  site {eff.site or '-'}  group {eff.group or '-'}  time zone {eff.timezone} ({eff.timezone_from})")
+    from alarmsieve.rules.clock import duration_text
+
+    skew = duration_text(eff.clock.skew_max_s) if eff.clock.skew_max_s else "off"
+    console.print(
+        f"  clock {eff.clock.kind} ({eff.clock.kind_from}), clock_skew_max {skew} ({eff.clock.skew_max_from})",
+        highlight=False,
+    )
     frame = f"{eff.frame.width}x{eff.frame.height}" if eff.frame else "from each image"
     console.print(f"  frame size {frame}")
     sched = eff.schedule
@@ -227,9 +243,16 @@ def disarm(
 
 
 def explain_lines(stored: Any, rejudged: Any = None) -> list[str]:
+    from alarmsieve.rules.clock import local_text
+
     v = stored.record
-    lines = [
-        f"alarm {v.alarm}  camera {v.camera}  time {v.time.isoformat()}",
+    zone = v.timezone or "UTC"
+    lines = [f"alarm {v.alarm}  camera {v.camera}  time {local_text(v.time, zone)}"]
+    if v.camera_time is not None:
+        lines.append(f"camera clock said {local_text(v.camera_time, zone)}")
+    if v.time_note:
+        lines.append(f"time note: {v.time_note}")
+    lines += [
         f"verdict {v.verdict.upper()}  decided by {v.rule_path}",
         f"rules commit {v.rules_commit or '(built-in or crossed-in rules)'}",
     ]
@@ -273,18 +296,63 @@ def explain(
         return _explain_clip(pfs, clip, as_json)
     stored = find_verdict(pfs, alarm)
     rejudged = rejudgement_of(pfs, stored.folder)
+    history = _history(pfs, stored.folder)
     if as_json:
         data = stored.record.model_dump(mode="json")
         data["rejudged"] = rejudged.model_dump(mode="json") if rejudged else None
+        data["history"] = history.model_dump(mode="json")
         return emit_json([data])
-    for line in explain_lines(stored, rejudged):
+    for line in [*explain_lines(stored, rejudged), *history_lines(history, stored.record.timezone or None)]:
         console.print(line, highlight=False, soft_wrap=True)
 
 
-def clip_explain_lines(clip: Any) -> list[str]:
+def _history(pfs: Any, folder: str) -> Any:
+    from alarmsieve.history import verdict_history
+
+    return verdict_history(pfs, pfs.catalog_url, folder)  # the ledger lives in the same catalog
+
+
+def _clip_history(pfs: Any, clip: str) -> Any:
+    from alarmsieve.history import clip_history
+
+    return clip_history(pfs, pfs.catalog_url, clip)
+
+
+def history_lines(history: Any, zone: str | None = None) -> list[str]:
+    """Every judgment of the alarm, oldest first, with its rules, models and notification; times in the
+    camera's zone (``zone``) with their offset."""
+    from alarmsieve.rules.clock import local_text
+
+    lines = [f"history ({len(history.judgments)} judgment(s)):"]
+    for j in history.judgments:
+        models = ", ".join(f"{name} {sha[:12]}" for name, sha in j.models.items()) or "no model"
+        versions = ", ".join(j.pipeline_versions.values())
+        notified = ""
+        if j.notified_at:
+            notified = f"; notified {local_text(j.notified_at, zone)}"
+        elif j.already_notified_at:
+            notified = f"; already notified {local_text(j.already_notified_at, zone)} (not sent again)"
+        now = " (current)" if j.current else ""
+        lines.append(
+            f"  {local_text(j.judged_at, zone)} {j.verdict.upper()}{now} under rules "
+            f"{j.rules_commit or 'built-in'}; {models}; {versions}{notified}"
+        )
+        if j.rules_note:
+            lines.append(f"      {j.rules_note}")
+    for d in history.deliveries:
+        when = local_text(d.sent_at, zone) if d.sent_at else "-"
+        lines.append(f"  notification {d.channel} to {d.recipient}: {d.state} {when}")
+    if history.flip:
+        lines.append(f"flipped: {history.flip}")
+    return lines
+
+
+def clip_explain_lines(clip: Any, zone: str | None = None) -> list[str]:
     """A clip's verdict, its frames (the deciding one marked) and its caveats (partial, capped)."""
+    from alarmsieve.rules.clock import local_text
+
     lines = [
-        f"clip {clip.clip}  camera {clip.camera}  time {clip.time.isoformat()}",
+        f"clip {clip.clip}  camera {clip.camera}  time {local_text(clip.time, zone)}",
         f"verdict {clip.verdict.upper()}  from {len(clip.frames)} frame(s)",
         "reasons:",
         *[f"  - {r}" for r in clip.reasons],
@@ -307,11 +375,16 @@ def _explain_clip(pfs: Any, clip: Any, as_json: bool) -> None:
     if as_json:
         data = {"kind": "clip", **clip.model_dump(mode="json")}
         frame = stored.record.model_dump(mode="json") if stored is not None else None
-        if frame is not None:
+        if frame is not None and stored is not None:
             frame["rejudged"] = rejudged.model_dump(mode="json") if rejudged else None
+            frame["history"] = _history(pfs, stored.folder).model_dump(mode="json")
         data["deciding_frame_verdict"] = frame
+        data["history"] = _clip_history(pfs, clip.clip).model_dump(mode="json")
         return emit_json([data])
-    lines = clip_explain_lines(clip)
+    lines = [
+        *clip_explain_lines(clip, clip.timezone or None),
+        *history_lines(_clip_history(pfs, clip.clip), clip.timezone or None),
+    ]
     if stored is not None:
         lines.append(f"deciding frame {clip.deciding_frame}:")
         lines += [f"  {line}" for line in explain_lines(stored, rejudged)]

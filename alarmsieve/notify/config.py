@@ -3,11 +3,16 @@
 Channels, routes (who gets what, per site / camera / severity), incident grouping and rate limits.
 Secrets never appear in the file: a channel names an environment variable (``*_env``) or a file
 (``*_file``) that holds them, and they are read when the channel is built, never logged.
+
+Sites and time zones have one definition: the threat rules of the same repo (``cameras.<id>.site``,
+``sites.<name>.timezone``, ``cameras.<id>.timezone``). This file's own ``sites`` and ``timezones`` are
+still read but deprecated: they fill in only what the rules leave out, and the rules win where both say.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -15,9 +20,12 @@ from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from alarmsieve.errors import AlarmsieveError
+from alarmsieve.rules.schema import RulePlaces, rule_places
+
+log = logging.getLogger(__name__)
 
 CONFIG_PATHS = ("/notify.json", "/notify.yaml", "/notify.yml")
 Severity = Literal["alert", "review"]
@@ -152,8 +160,8 @@ class RateLimit(_Model):
 
 
 class NotifyConfig(_Model):
-    sites: dict[str, list[str]] = {}  # site -> cameras
-    timezones: dict[str, str] = {}  # camera or site -> IANA zone
+    sites: dict[str, list[str]] = {}  # site -> cameras (deprecated: the rules' cameras.<id>.site win)
+    timezones: dict[str, str] = {}  # camera or site -> IANA zone (deprecated: the rules' timezone wins)
     channels: list[ChannelConfig] = []
     routes: list[Route] = []
     grouping: Grouping = Grouping()
@@ -192,12 +200,52 @@ class NotifyConfig(_Model):
                 seen[camera] = site
         return self
 
-    def site_of(self, camera: str) -> str | None:
+    _places: RulePlaces = PrivateAttr(default_factory=RulePlaces)  # sites and zones from the rules
+
+    def with_places(self, places: RulePlaces) -> NotifyConfig:
+        """This configuration reading sites and time zones from the rules first."""
+        copy = self.model_copy()
+        copy._places = places
+        return copy
+
+    def _own_site(self, camera: str) -> str | None:
         return next((site for site, cameras in self.sites.items() if camera in cameras), None)
 
+    def site_of(self, camera: str) -> str | None:
+        return self._places.site_of(camera) or self._own_site(camera)
+
     def timezone_of(self, camera: str) -> str | None:
+        found = self._places.timezone_of(camera)
+        if found:
+            return found
         site = self.site_of(camera)
         return self.timezones.get(camera) or (self.timezones.get(site) if site else None)
+
+    def deprecation_notes(self, path: str = "/notify.json") -> list[str]:
+        """What to move into the rules (shown by ``rules check``, logged once by the notify stage)."""
+        where = f"rules@master:{path}"
+        notes = []
+        if self.sites:
+            notes.append(
+                f"{where}: `sites` is deprecated: name each camera's site in the rules "
+                "(cameras: {gate: {site: hq}}); the rules win where both name one"
+            )
+        if self.timezones:
+            notes.append(
+                f"{where}: `timezones` is deprecated: set `timezone:` on the site or camera in the rules "
+                "(sites: {hq: {timezone: America/New_York}}); the rules win where both set one"
+            )
+        places = self._places
+        for site, cameras in self.sites.items():
+            for camera in cameras:
+                ruled = places.site_of(camera)
+                if ruled and ruled != site:
+                    notes.append(f"{where}: camera {camera}: site {site!r} here, {ruled!r} in the rules: the rules win")
+        for key, zone in self.timezones.items():
+            ruled = places.timezone_of(key) or places.site_zone.get(key)  # the key is a camera or a site
+            if ruled and ruled != zone:
+                notes.append(f"{where}: {key}: time zone {zone} here, {ruled} in the rules: the rules win")
+        return notes
 
     def channel(self, name: str) -> ChannelConfig:
         for c in self.channels:
@@ -244,14 +292,26 @@ def parse_config(path: str, data: bytes) -> NotifyConfig:
         raise NotifyConfigError(f"rules@master:{path}: {problems}. Fix the file and commit it again") from None
 
 
+_logged: set[str] = set()  # deprecation notes already logged by this process
+
+
 def load_config(files: Mapping[str, bytes]) -> tuple[str | None, NotifyConfig | None]:
-    """The configuration among a rules repo's files (path -> bytes), or (None, None) when there is none."""
+    """The configuration among a rules repo's files (path -> bytes), or (None, None) when there is none.
+
+    Sites and time zones come from the rules files among ``files`` first (see the module doc); each
+    deprecation note is logged once per process.
+    """
     present = [p for p in CONFIG_PATHS if p in files]
     if len(present) > 1:
         raise NotifyConfigError(f"rules repo has {' and '.join(present)}: keep one notification configuration")
     if not present:
         return None, None
-    return present[0], parse_config(present[0], files[present[0]])
+    config = parse_config(present[0], files[present[0]]).with_places(rule_places(files))
+    for note in config.deprecation_notes(present[0]):
+        if note not in _logged:
+            _logged.add(note)
+            log.warning("%s", note)
+    return present[0], config
 
 
 def environ() -> Mapping[str, str]:

@@ -171,7 +171,7 @@ class Dispatcher:
         )
         common = {
             "site": site,
-            "timezone": config.timezone_of(base.camera),
+            "timezone": config.timezone_of(base.camera) or base.timezone,
             "incident_id": assignment.incident_id,
             "incident_alarms": assignment.alarms,
         }

@@ -6,6 +6,7 @@ to the outbox and one sent through SendGrid read the same.
 
 from __future__ import annotations
 
+import email.policy
 import hashlib
 import html
 import mimetypes
@@ -15,6 +16,8 @@ from email.utils import format_datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from alarmsieve.rules.clock import local_text
 
 ANNOTATED_FILENAME = "annotated.jpg"
 
@@ -55,19 +58,9 @@ def utc_time(n: AlarmNotification) -> datetime:
     return n.time.replace(tzinfo=UTC) if n.time.tzinfo is None else n.time.astimezone(UTC)
 
 
-def local_time(n: AlarmNotification) -> datetime:
-    """The alarm time in the camera's time zone (UTC when none is configured)."""
-    t = utc_time(n)
-    if n.timezone:
-        from zoneinfo import ZoneInfo
-
-        return t.astimezone(ZoneInfo(n.timezone))
-    return t
-
-
 def _when(n: AlarmNotification) -> str:
-    t = local_time(n)
-    return t.strftime("%Y-%m-%d %H:%M:%S ") + (t.tzname() or "UTC")
+    """The camera's local time with offset and zone: ``2026-03-15 23:00:00 -04:00 (America/New_York)``."""
+    return local_text(utc_time(n), n.timezone)
 
 
 def message_id(key: str, sender: str = "") -> str:
@@ -107,7 +100,7 @@ def render_text(n: AlarmNotification) -> str:
         f"Verdict: {n.verdict.upper()}",
         f"Camera:  {n.camera}",
         *([f"Site:    {n.site}"] if n.site else []),
-        f"Time:    {local_time(n).isoformat()} ({_when(n)})",
+        f"Time:    {_when(n)}",
         f"Alarm:   {n.alarm_path}",
         "",
         "Objects:",
@@ -136,7 +129,7 @@ def render_html(n: AlarmNotification, cid: str | None = None) -> str:
         "<table>"
         f"<tr><th align='left'>Camera</th><td>{e(n.camera)}</td></tr>"
         + (f"<tr><th align='left'>Site</th><td>{e(n.site)}</td></tr>" if n.site else "")
-        + f"<tr><th align='left'>Time</th><td>{e(local_time(n).isoformat())} ({e(_when(n))})</td></tr>"
+        + f"<tr><th align='left'>Time</th><td>{e(_when(n))}</td></tr>"
         f"<tr><th align='left'>Verdict</th><td>{e(n.verdict.upper())}</td></tr>"
         f"<tr><th align='left'>Alarm</th><td>{e(n.alarm_path)}</td></tr>"
         "</table>"
@@ -162,7 +155,9 @@ def build_email(n: AlarmNotification, *, sender: str, recipients: list[str]) -> 
     """multipart/mixed[ alternative[ text, related[ html, inline annotated JPEG ] ], original ]."""
     if not recipients:
         raise ValueError("build_email needs at least one recipient")
-    msg = EmailMessage()
+    # Headers up to RFC 5322's 998 characters unfolded: a subject with the camera's local time, offset and
+    # zone passes 78, and a header folded before its first word reads back with a leading space.
+    msg = EmailMessage(policy=email.policy.default.clone(max_line_length=998))
     msg["Subject"] = subject(n)
     msg["From"] = sender
     msg["To"] = ", ".join(recipients)

@@ -25,7 +25,8 @@ def read_notify_config(pfs: Pfs, repo: str = "rules") -> NotifyConfig | None:
     head = pfs.head(repo)
     if head is None:
         return None
-    files = {f.path: pfs.objects.get_bytes(f.sha256 or "") for f in pfs.walk(repo, head.id) if f.path in CONFIG_PATHS}
+    wanted = [f for f in pfs.walk(repo, head.id) if f.path in CONFIG_PATHS or f.path.endswith((".yaml", ".yml"))]
+    files = {f.path: pfs.objects.get_bytes(f.sha256 or "") for f in wanted}  # the rules files: sites and zones
     return load_config(files)[1]
 
 

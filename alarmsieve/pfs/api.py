@@ -82,6 +82,19 @@ class FileInfo(BaseModel):
     tag: str | None = None
 
 
+class FileVersion(BaseModel):
+    """One version of one path: written by ``commit`` and live until ``removed_by`` (None: still live)."""
+
+    path: str
+    commit: str
+    committed_at: datetime
+    sha256: str | None
+    size: int
+    tag: str | None = None
+    removed_by: str | None = None
+    removed_at: datetime | None = None
+
+
 class FileChange(BaseModel):
     path: str
     op: str  # added | modified | removed
@@ -587,6 +600,54 @@ class Pfs:
                 )
                 for path, size, sha256, tag in s.execute(q):
                     out[path] = FileInfo(path=path, type="file", size=size, sha256=sha256, tag=tag)
+        return out
+
+    def file_versions(self, repo: str, path: str, branch: str = "master") -> list[FileVersion]:
+        """Every version of one file path on a branch, oldest first (read-only; one indexed query).
+
+        A version is a ``pfs_files`` row: live from its commit (``added_seq``) until the commit that
+        replaced or deleted it (``removed_seq``). Rewriting a file with the same bytes can make a new version.
+        """
+        path = normalize_path(path)
+        with self.session() as s:
+            r = self._resolve(s, repo, branch)
+            # sorted here: an ORDER BY added_seq makes SQLite walk the repo's added_seq index instead of
+            # finding the path's few rows by the path index
+            rows = sorted(
+                s.execute(
+                    select(FileRow.sha256, FileRow.size, FileRow.tag, FileRow.added_seq, FileRow.removed_seq).where(
+                        FileRow.repo_id == r.repo_id, FileRow.branch == r.branch, FileRow.path == path
+                    )
+                ).all(),
+                key=lambda row: row.added_seq,
+            )
+            seqs = {seq for row in rows for seq in (row.added_seq, row.removed_seq) if seq is not None}
+            commits = {
+                seq: (cid, _aware(created))
+                for cid, seq, created in s.execute(
+                    select(CommitRow.id, CommitRow.seq, CommitRow.created_at).where(
+                        CommitRow.repo_id == r.repo_id, CommitRow.branch == r.branch, CommitRow.seq.in_(seqs)
+                    )
+                )
+            }
+        out = []
+        for row in rows:
+            if row.added_seq not in commits:  # its commit was deleted (`delete commit`): not a version any more
+                continue
+            added_by, added_at = commits[row.added_seq]
+            removed = commits.get(row.removed_seq) if row.removed_seq is not None else None
+            out.append(
+                FileVersion(
+                    path=path,
+                    commit=added_by,
+                    committed_at=added_at,
+                    sha256=row.sha256,
+                    size=row.size,
+                    tag=row.tag,
+                    removed_by=removed[0] if removed else None,
+                    removed_at=removed[1] if removed else None,
+                )
+            )
         return out
 
     def get_file(self, repo: str, ref: str, path: str) -> bytes:

@@ -11,6 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from alarmsieve.rules.clock import wall_to_utc
 from alarmsieve.rules.schema import (
     EffectiveRules,
     EffectiveZone,
@@ -48,7 +49,8 @@ class AlarmFacts(_Strict):
     status: Literal["ok", "rejected", "detector_error", "uniform"]
     status_reason: str = ""
     objects: list[ObjectBox]
-    time: datetime | None = None  # UTC-aware alarm time; None: schedules cannot be checked (kept armed)
+    # aware: absolute; naive: the camera's wall clock (see rules.clock); None: no schedule check (kept armed)
+    time: datetime | None = None
 
 
 class DetectionJudgement(_Strict):
@@ -165,7 +167,9 @@ class _Arming:
     def __init__(self, rules: RuleSet, camera: str, when: datetime | None) -> None:
         state = rules.arming_for(camera)
         if when is not None and when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)  # alarm times are UTC; a naive one is taken as such
+            # no offset: the camera's wall clock (its zone, or UTC with `clock: utc`), as assess reads it
+            eff = rules.for_camera(camera)
+            when = when.replace(tzinfo=UTC) if eff.clock.kind == "utc" else wall_to_utc(when, eff.timezone)[0]
         self.override = state if state is not None and state.active(when) else None
         self.when = when
         self._cache: dict[str, tuple[bool, str]] = {}

@@ -9,6 +9,7 @@ See docs/rules.md.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import functools
 import importlib.resources
@@ -232,6 +233,30 @@ def _valid_timezone(value: str) -> str:
 TimeZoneName = Annotated[str, BeforeValidator(_check_zone), AfterValidator(_valid_timezone)]
 
 
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(s|m|min|h|d)")
+_UNIT_S = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(value: Any) -> float:
+    """``2h``, ``90m``, ``1d``, ``45s`` -> seconds; ``off`` -> 0 (the check is off)."""
+    if value is False:  # YAML reads a bare `off` as false
+        return 0.0
+    if isinstance(value, bool) or not isinstance(value, str):
+        raise ValueError(f"expected a duration like '2h', '90m', '1d' or 'off', got {value!r}")
+    key = value.strip().lower()
+    if key == "off":
+        return 0.0
+    match = _DURATION.fullmatch(key)
+    if not match:
+        raise ValueError(f"expected a duration like '2h', '90m', '1d' or 'off', got {value!r}")
+    return float(match[1]) * _UNIT_S[match[2]]
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+ClockKind = Literal["local", "utc"]
+CLOCK_SKEW_MAX_S = 2 * 3600.0  # built-in clock_skew_max: 2h
+
+
 def _parse_point(value: Any) -> Any:
     if isinstance(value, list | tuple) and len(value) == 2:
         for v in value:
@@ -326,6 +351,10 @@ class RuleBlock(_Strict):
     schedule: Schedule | None = None
     burst: Annotated[BurstRule, BeforeValidator(_none_is_empty)] | None = None
     detectors: DetectorNames | None = None
+    # camera time (docs/rules.md "Camera time"): what a time without an offset means, and how far a
+    # camera's clock may be from the upload time before schedules use the upload time instead
+    clock: ClockKind | None = None
+    clock_skew_max: Duration | None = None
 
     @model_validator(mode="after")
     def _band(self) -> RuleBlock:
@@ -352,6 +381,9 @@ class ZoneBlock(RuleBlock):
             raise ValueError("burst is set per camera (or site, group, defaults), not per zone; move it up")
         if self.detectors is not None:
             raise ValueError("detectors run on the whole frame: set them per camera (or site, group, defaults)")
+        for name in ("clock", "clock_skew_max"):
+            if getattr(self, name) is not None:
+                raise ValueError(f"{name} is set per camera (or site, group, defaults), not per zone; move it up")
         return self
 
 
@@ -484,6 +516,15 @@ class ResolvedBurst(_Strict):
         return self.window_s > 0
 
 
+class ResolvedClock(_Strict):
+    """How one camera's times are read: its clock kind and skew limit, each with the rule path it came from."""
+
+    kind: ClockKind = "local"
+    kind_from: str = DEFAULTS_PATH
+    skew_max_s: float = CLOCK_SKEW_MAX_S  # 0: no skew check
+    skew_max_from: str = DEFAULTS_PATH
+
+
 class EffectiveZone(_Strict):
     name: str
     path: str
@@ -503,6 +544,8 @@ class EffectiveRules(_Strict):
     site: str | None = None
     group: str | None = None
     timezone: str = "UTC"
+    timezone_from: str = DEFAULTS_PATH  # the camera or site that declared it (defaults: UTC)
+    clock: ResolvedClock = ResolvedClock()
     frame: FrameSize | None = None
     schedule: ResolvedSchedule | None = None
     zones: list[EffectiveZone] = Field(default_factory=list)
@@ -607,6 +650,16 @@ def _resolve_schedule(layers: Layers, timezone: str) -> ResolvedSchedule:
     return ResolvedSchedule(windows=None, source=DEFAULTS_PATH, timezone=timezone)
 
 
+def _resolve_clock(layers: Layers) -> ResolvedClock:
+    found: dict[str, Any] = {}
+    for name, key in (("clock", "kind"), ("clock_skew_max", "skew_max_s")):
+        for block, src in layers:
+            if getattr(block, name) is not None:
+                found[key], found[f"{key.removesuffix('_s')}_from"] = getattr(block, name), src
+                break
+    return ResolvedClock(**found)
+
+
 _BURST_OFF: dict[str, Any] = {"window_s": 0.0, "min_frames": 2, "flicker": "keep"}
 
 
@@ -683,7 +736,11 @@ class RuleSet(_Strict):
             layers.insert(0, (self.groups[block.group], f"groups/{block.group}"))
         if block is not None:
             layers.insert(0, (block, path))
-        timezone = (block.timezone if block else None) or (site_block.timezone if site_block else None) or "UTC"
+        timezone, timezone_from = "UTC", DEFAULTS_PATH
+        if block is not None and block.timezone:
+            timezone, timezone_from = block.timezone, path
+        elif site_block is not None and site_block.timezone and block is not None:
+            timezone, timezone_from = site_block.timezone, f"sites/{block.site}"
         labels, other = _resolve_labels(layers)
         zones = []
         for name, zone in (block.zones if block is not None else {}).items():
@@ -712,6 +769,8 @@ class RuleSet(_Strict):
             site=block.site if block else None,
             group=block.group if block else None,
             timezone=timezone,
+            timezone_from=timezone_from,
+            clock=_resolve_clock(layers),
             frame=block.frame if block else None,
             schedule=_resolve_schedule(layers, timezone),
             zones=zones,
@@ -1086,3 +1145,49 @@ def _builtin_defaults() -> RuleBlock:
 
 
 BUILTIN_DEFAULTS: RuleBlock = _builtin_defaults()
+
+
+class RulePlaces(_Strict):
+    """Sites and time zones as the rules declare them (for readers that need only these, e.g. notify)."""
+
+    camera_site: dict[str, str] = Field(default_factory=dict)  # camera -> site
+    camera_zone: dict[str, str] = Field(default_factory=dict)  # camera -> its own timezone
+    site_zone: dict[str, str] = Field(default_factory=dict)  # site -> timezone
+
+    def site_of(self, camera: str) -> str | None:
+        return self.camera_site.get(camera)
+
+    def timezone_of(self, camera: str) -> str | None:
+        """The camera's zone (its own, else its site's); None when the rules declare none (then UTC)."""
+        site = self.camera_site.get(camera)
+        return self.camera_zone.get(camera) or (self.site_zone.get(site) if site else None)
+
+
+def rule_places(files: Mapping[str, bytes]) -> RulePlaces:
+    """Sites and time zones from a rules repo's files, leniently: a file that does not parse (or an unknown
+    zone) is skipped here — ``rules check`` and the assess stage report it; this reader only wants names."""
+    places = RulePlaces()
+    for file in sorted(files):
+        name = file.lstrip("/").lower()
+        if name in NOT_RULES or _is_arming(file) or not name.endswith((".yaml", ".yml")):
+            continue
+        try:
+            data = yaml.safe_load(files[file])
+        except yaml.YAMLError:
+            continue
+        if not isinstance(data, dict):
+            continue
+        for kind, table in (("sites", places.site_zone), ("cameras", places.camera_zone)):
+            blocks = data.get(kind)
+            if not isinstance(blocks, dict):
+                continue
+            for key, block in blocks.items():
+                if not isinstance(block, dict):
+                    continue
+                zone = block.get("timezone")
+                if isinstance(zone, str):
+                    with contextlib.suppress(ValueError):  # rules check names a bad zone
+                        table[str(key)] = _valid_timezone(zone)
+                if kind == "cameras" and isinstance(block.get("site"), str):
+                    places.camera_site[str(key)] = block["site"]
+    return places

@@ -5,6 +5,13 @@ commit in every verdict, and a later rules commit does not re-judge old alarms (
 of the datum, so they do not change its hash). Under a real Pachyderm, cross the input with the
 ``rules`` repo and the stage reads them from ``<pfs>/rules`` instead.
 
+An alarm judged again (a reprocess upstream, a restarted datum) keeps the rules it was judged with:
+the stage reads the alarm's current verdict from its own output repo (``--history``) and, when it is
+a verdict of the same image, judges with that verdict's rules commit (:meth:`AssessStage.rules_for_alarm`).
+``--rejudge-rules head`` judges it with the head instead (``update pipeline --reprocess --rules head``
+sets it). So a reprocess of ``detect`` never turns a notified alert into a dismiss because of a rules
+commit made since; ``rules what-if`` is the tool for re-judging history under new rules.
+
 A bad rules commit never takes effect: ``alarmsieve rules put`` refuses it, and should one land
 anyway (a plain ``put file``), this stage keeps judging with the last valid rules it knows — kept
 in memory and in ``<workspace>/cache/rules/`` so a fresh worker knows them too — and says so in
@@ -25,13 +32,14 @@ import argparse
 import base64
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 from pydantic import ValidationError
 
 from alarmsieve.rules import AlarmFacts, ObjectBox, RulesError, RuleSet, judge, load_rules
+from alarmsieve.rules.clock import CameraTime, skew_note, wall_to_utc
 from alarmsieve.rules.schema import EffectiveRules, LabelPolicy
 from alarmsieve.stages.alarms import alarm_folders, pass_through, read_record, write_record
 from alarmsieve.stages.base import DatumContext, Stage, StageServices, StageUsageError
@@ -47,6 +55,7 @@ from alarmsieve.stages.records import (
 from alarmsieve.vision.models import COCO_LABELS
 
 BUILTIN = "built-in defaults"
+REJUDGE_CHOICES = ("first", "head")  # the rules that judge an alarm judged before (module doc)
 
 
 @dataclass(frozen=True)
@@ -69,7 +78,7 @@ class BurstFrame:
 
 class AssessStage(Stage):
     name = "assess"
-    code_version = "2"  # 2: bursts
+    code_version = "4"  # 2: bursts; 3: an alarm judged again keeps its rules; 4: camera time (zone, DST, skew)
 
     def __init__(self, args: list[str], services: StageServices) -> None:
         super().__init__(args, services)
@@ -77,6 +86,17 @@ class AssessStage(Stage):
         parser.add_argument("--rules", default="rules@master", help="REPO@BRANCH holding the rules YAML files")
         parser.add_argument(
             "--frames", default="detect@master", help="REPO@BRANCH of the detections that bursts look at (none: off)"
+        )
+        parser.add_argument(
+            "--rejudge-rules",
+            choices=REJUDGE_CHOICES,
+            default="first",
+            help="an alarm judged before: first = with the rules of its verdict, head = with the rules in force",
+        )
+        parser.add_argument(
+            "--history",
+            default="",
+            help="REPO@BRANCH of the alarms' current verdicts (default: this pipeline's own output repo)",
         )
         try:
             opts = parser.parse_args(args)
@@ -87,6 +107,11 @@ class AssessStage(Stage):
         frames_repo, _, frames_branch = opts.frames.partition("@")
         self.frames_repo = None if frames_repo == "none" else frames_repo
         self.frames_branch = frames_branch or "master"
+        self.rejudge_rules: str = opts.rejudge_rules
+        history_repo, _, history_branch = opts.history.partition("@")
+        self.history_repo, self.history_branch = history_repo or None, history_branch or "master"
+        self._unreadable: dict[str, str] = {}  # rules commit -> why its rules cannot judge
+        self._same: dict[tuple[str, str], bool] = {}  # (rules commit, head) -> same rules
         self._frames: dict[str, list[BurstFrame]] = {}  # camera -> its frames, read once per job
         self._frames_job: str | None = None
         self._job: str | None = None
@@ -173,6 +198,88 @@ class AssessStage(Stage):
         self._job, self._in_force = ctx.job_id, in_force
         return in_force
 
+    # --- re-judging: the rules an alarm was judged with ------------------------------------------
+    def previous_verdict(self, ctx: DatumContext, rel: str) -> VerdictRecord | None:
+        """The alarm's current verdict in the history repo (this pipeline's output), if it has one."""
+        repo = self.history_repo or ctx.pipeline
+        if not repo or self.services.read_files is None:
+            return None
+        folder = "/" + rel.strip("/")
+        path = f"{folder}/{VERDICT_FILE}"
+        try:
+            snapshot = self.services.read_files(repo, self.history_branch, folder, VERDICT_FILE)
+        except Exception as exc:  # no history repo (yet): a new alarm, not a failure
+            ctx.log.debug("assess: no previous verdict of %s in %s: %s", rel, repo, exc)
+            return None
+        raw = snapshot.files.get(path)
+        if raw is None:
+            return None
+        try:
+            return VerdictRecord.model_validate_json(raw)
+        except ValidationError:
+            ctx.log.warning(
+                "assess: %s@%s%s is not a verdict record; judged as a new alarm", repo, snapshot.commit_id, path
+            )
+            return None
+
+    def rules_at(self, ctx: DatumContext, commit: str) -> RuleSet | None:
+        """The rules of one rules commit (parsed once per commit); None, with the reason kept, if unusable."""
+        rules = self._by_commit.get(commit)
+        if rules is not None or commit in self._unreadable or self.services.read_repo is None:
+            return rules
+        try:
+            snapshot = self.services.read_repo(self.rules_repo, commit)
+        except Exception as exc:  # a deleted rules commit: judge with the head, and say so
+            self._unreadable[commit] = f"it cannot be read: {exc}"
+            return None
+        if snapshot.commit_id != commit:
+            self._unreadable[commit] = "it is not in the rules repo any more"
+            return None
+        try:
+            rules = self._by_commit[commit] = load_rules(snapshot.files, known_labels=COCO_LABELS)
+        except RulesError as exc:
+            self._unreadable[commit] = f"it is invalid: {exc}"
+            return None
+        return rules
+
+    def rules_for_alarm(self, ctx: DatumContext, in_force: RulesInForce, rel: str, image_sha256: str) -> RulesInForce:
+        """The rules that judge this alarm: those of its current verdict when it was judged before.
+
+        A new alarm, a new image at the same path, ``--rejudge-rules head`` or a verdict without a rules
+        commit (built-in or crossed-in rules) are judged by the rules in force, as before.
+        """
+        if self.rejudge_rules == "head" or (ctx.pfs / self.rules_repo).is_dir():  # crossed-in rules: as given
+            return in_force
+        previous = self.previous_verdict(ctx, rel)
+        if previous is None or previous.image_sha256 != image_sha256 or previous.rules_commit is None:
+            return in_force
+        first = previous.rules_commit
+        if first == in_force.commit:
+            return in_force
+        rules = self.rules_at(ctx, first)
+        where = f"{self.rules_repo}@{first}"
+        if rules is None:
+            why = self._unreadable.get(first, "the rules repo cannot be read here")
+            note = f"the rules it was judged with, {where}, cannot judge ({why}); judged by the rules in force"
+            ctx.log.warning("assess: %s: %s", rel, note)
+            return replace(in_force, note="; ".join(n for n in (in_force.note, note) if n))
+        if in_force.commit is not None and not in_force.note and self._same_rules(first, in_force):
+            return in_force  # e.g. the commits since changed only notify.json: nothing to hold
+        head = in_force.commit or BUILTIN
+        note = (
+            f"judged again with the rules it was first judged with, {where} (in force now: {head}); "
+            "`update pipeline --reprocess --rules head` re-judges under the head"
+        )
+        return RulesInForce(first, rules, note)
+
+    def _same_rules(self, commit: str, in_force: RulesInForce) -> bool:
+        """Whether the rules of ``commit`` are those in force (compared once per pair of commits)."""
+        pair = (commit, in_force.commit or "")
+        same = self._same.get(pair)
+        if same is None:
+            same = self._same[pair] = self._by_commit[commit].model_dump() == in_force.rules.model_dump()
+        return same
+
     def rules_for(self, ctx: DatumContext) -> tuple[str | None, RuleSet]:
         """(commit, rules) in force for this job (kept for callers of the first version)."""
         found = self.rules_in_force(ctx)
@@ -180,15 +287,16 @@ class AssessStage(Stage):
 
     # --- judging ----------------------------------------------------------------------------------
     def process(self, ctx: DatumContext) -> None:
-        in_force = self.rules_in_force(ctx)
+        head_rules = self.rules_in_force(ctx)
         for folder, rel in alarm_folders(ctx, DETECTIONS_FILE):
             record = read_record(folder / DETECTIONS_FILE, DetectionsRecord)
+            in_force = self.rules_for_alarm(ctx, head_rules, rel, record.meta.sha256)
             verdict = self.assess_one(record, in_force.rules, in_force.commit, folder, ctx)
             burst = in_force.rules.for_camera(verdict.camera).burst
             # only a review-band detection can change with the burst: read the history only then
             in_doubt = any(d.kept and d.severity == "review" for d in verdict.detections)
             if burst.on and verdict.status == "ok" and in_doubt:
-                frames = self.camera_frames(ctx, verdict.camera)
+                frames = self.camera_frames(ctx, verdict.camera, in_force.rules)
                 if frames:
                     verdict = apply_burst(verdict, record.meta, in_force.rules, frames)
             if in_force.note:
@@ -199,8 +307,11 @@ class AssessStage(Stage):
             why = verdict.reasons[0] if verdict.reasons else ""
             ctx.log.info("alarm %s: %s: %s", verdict.alarm, verdict.verdict, why)
 
-    def camera_frames(self, ctx: DatumContext, camera: str) -> list[BurstFrame]:
-        """The camera's frames in the detections repo head, read once per job (empty when unreadable)."""
+    def camera_frames(self, ctx: DatumContext, camera: str, rules: RuleSet | None = None) -> list[BurstFrame]:
+        """The camera's frames in the detections repo head, read once per job (empty when unreadable).
+
+        With ``rules``, each frame's time is its camera time (the wall clock read in the camera's zone),
+        as the alarm's is: a frame with an EXIF offset and one named by the wall clock compare right."""
         if self.frames_repo is None or self.services.read_files is None:
             return []
         if self._frames_job != ctx.job_id:
@@ -208,6 +319,7 @@ class AssessStage(Stage):
         found = self._frames.get(camera)
         if found is None:
             snapshot = self.services.read_files(self.frames_repo, self.frames_branch, f"/{camera}", DETECTIONS_FILE)
+            eff = rules.for_camera(camera) if rules is not None else None
             found = []
             for path, raw in snapshot.files.items():
                 try:
@@ -219,7 +331,8 @@ class AssessStage(Stage):
                     continue
                 if rec.status == "ok":
                     boxes = tuple((d.label, d.score, d.box) for d in rec.detections)
-                    found.append(BurstFrame(rec.meta.alarm, _utc(rec.meta.time), rec.meta.time_source, boxes))
+                    when = camera_time(rec.meta, eff).camera_time if eff is not None else _utc(rec.meta.time)
+                    found.append(BurstFrame(rec.meta.alarm, when, rec.meta.time_source, boxes))
             self._frames[camera] = found
         return found
 
@@ -254,7 +367,7 @@ def apply_burst(verdict: VerdictRecord, meta: AlarmMeta, rules: RuleSet, frames:
     """The verdict with the evidence of the camera's other frames within the burst window (see module doc)."""
     eff = rules.for_camera(verdict.camera)
     b = eff.burst
-    t = _utc(meta.time)
+    t = verdict.camera_time or verdict.time  # the camera's clock, as the frames' times (not the upload's)
     event = [
         f
         for f in frames
@@ -299,18 +412,19 @@ def apply_burst(verdict: VerdictRecord, meta: AlarmMeta, rules: RuleSet, frames:
     if not changed:
         return verdict
     kept = sorted((d for d in boxes if d.kept), key=lambda d: (d.severity != "alert", -d.score))
+    time_note = [f"time: {verdict.time_note}"] if verdict.time_note else []
     if kept:
         return verdict.model_copy(
             update={
                 "verdict": "alert" if kept[0].severity == "alert" else "review",
-                "reasons": [d.why for d in kept],
+                "reasons": [*(d.why for d in kept), *time_note],
                 "rule_path": kept[0].rule_path or verdict.rule_path,
                 "detections": boxes,
             }
         )
     summary = f"no threat: one-frame flicker dismissed ({len(event)} other frames within {window} show nothing)"
     return verdict.model_copy(
-        update={"verdict": "dismiss", "reasons": [summary, *(d.why for d in boxes)], "detections": boxes}
+        update={"verdict": "dismiss", "reasons": [summary, *(d.why for d in boxes), *time_note], "detections": boxes}
     )
 
 
@@ -322,6 +436,30 @@ def with_note(verdict: VerdictRecord, note: str, doubt: bool) -> VerdictRecord:
     return verdict.model_copy(update={"rules_note": note})
 
 
+def camera_time(meta: AlarmMeta, eff: EffectiveRules) -> CameraTime:
+    """The alarm's absolute time under its camera's rules (docs/rules.md, "Camera time").
+
+    A reading without an offset (``wall_time``) is the wall clock of the camera's zone, or UTC with
+    ``clock: utc``; an absolute one (EXIF offset, Unix seconds, upload) is kept. A camera time further
+    than ``clock_skew_max`` from the upload time is not trusted for schedules: the upload time is used.
+    """
+    clock = eff.clock
+    note = ""
+    if meta.wall_time is None:
+        taken = _utc(meta.time)
+    elif clock.kind == "utc":
+        taken = meta.wall_time.replace(tzinfo=UTC)
+    else:
+        taken, note = wall_to_utc(meta.wall_time, eff.timezone)
+    if meta.upload_time is None or meta.time_source == "commit" or clock.skew_max_s <= 0:
+        return CameraTime(taken, taken, eff.timezone, note)
+    upload = _utc(meta.upload_time)
+    if abs((taken - upload).total_seconds()) <= clock.skew_max_s:
+        return CameraTime(taken, taken, eff.timezone, note)
+    skew, why = skew_note(taken, upload, eff.timezone, clock.kind, clock.skew_max_s, clock.skew_max_from)
+    return CameraTime(upload, taken, eff.timezone, f"{note}; {why}" if note else why, skew)
+
+
 def judge_record(
     record: DetectionsRecord,
     rules: RuleSet,
@@ -331,6 +469,7 @@ def judge_record(
 ) -> VerdictRecord:
     """The verdict of one detect record under the given rules (used by assess and `rules what-if`)."""
     meta = record.meta
+    when = camera_time(meta, rules.for_camera(meta.camera))
     facts = AlarmFacts(
         camera=meta.camera,
         width=meta.width,
@@ -338,15 +477,20 @@ def judge_record(
         status=record.status,
         status_reason=record.reason or meta.reason,
         objects=[ObjectBox(label=d.label, score=d.score, box=d.box) for d in record.detections],
-        time=meta.time,
+        time=when.when,
     )
     judgement = judge(rules, facts)
     return VerdictRecord(
         alarm=meta.alarm,
         camera=meta.camera,
-        time=meta.time,
+        time=when.when,
+        timezone=when.timezone,
+        time_note=when.note,
+        camera_time=when.camera_time if when.camera_time != when.when else None,
+        clock_skew_s=when.skew_s,
         verdict=judgement.verdict,
-        reasons=judgement.reasons,
+        # the note last: it says how the time the schedules saw was read (and e-mails list reasons)
+        reasons=[*judgement.reasons, f"time: {when.note}"] if when.note else judgement.reasons,
         rule_path=judgement.rule_path,
         rules_commit=rules_commit,
         status=record.status,

@@ -41,7 +41,7 @@ def _top(record: VerdictRecord) -> tuple[float, str]:
 
 class ClipsStage(Stage):
     name = "clips"
-    code_version = "2"  # 2: the clip verdict carries the clip sha256 and the deciding frame's boxes
+    code_version = "3"  # 2: the clip verdict carries the clip sha256 and the deciding frame's boxes; 3: time zone
 
     def __init__(self, args: list[str], services: StageServices) -> None:
         super().__init__(args, services)
@@ -126,6 +126,7 @@ class ClipsStage(Stage):
             clip=clip,
             camera=first.camera,
             time=min(r.time for r in records),
+            timezone=source.timezone,  # the camera's zone (e-mails and listings show local time)
             verdict=verdict,  # type: ignore[arg-type]
             reasons=reasons,
             deciding_frame=decider.alarm if decider else None,

@@ -192,6 +192,7 @@ class NotifyStage(Stage):
             camera=verdict.camera,
             alarm_path=verdict.alarm,
             time=verdict.time,
+            timezone=verdict.timezone or None,  # the zone the rules judged it in (e-mails show local time)
             verdict=verdict.verdict,
             reasons=verdict.reasons,
             objects=[{"label": d.label, "score": d.score, "box": list(d.box)} for d in verdict.detections if d.kept],
@@ -220,6 +221,7 @@ class NotifyStage(Stage):
             camera=clip.camera,
             alarm_path=clip.clip,
             time=clip.time,
+            timezone=clip.timezone or None,
             verdict=clip.verdict,
             reasons=reasons,
             objects=[{"label": d.label, "score": d.score, "box": list(d.box)} for d in clip.detections if d.kept],

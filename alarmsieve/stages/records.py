@@ -44,8 +44,12 @@ class AlarmMeta(Record):
 
     alarm: str  # the input path, e.g. /cam-1/0001.jpg: the alarm's identity
     camera: str
+    # UTC. For a reading without an offset (``wall_time`` set) it is provisional: the reading labelled
+    # UTC, as records before wall_time had it; ``assess`` resolves the reading in the camera's zone.
     time: datetime
     time_source: Literal["exif", "filename", "commit", "container"]
+    wall_time: datetime | None = None  # the camera's wall-clock reading when it had no offset (naive)
+    upload_time: datetime | None = None  # when the file was committed (clock-skew check); None: unknown
     image_file: str | None  # file name of the (unchanged) image beside this record, None if rejected
     sha256: str
     size_bytes: int
@@ -147,6 +151,11 @@ class VerdictRecord(Record):
     pipeline_versions: dict[str, str]
     clip: ClipRef | None = None  # set for a frame of a video clip (copied from AlarmMeta.clip)
     rules_note: str = ""  # e.g. the head of rules@master is invalid and older rules were used
+    # Camera time (``time`` above is absolute UTC: what schedules were checked against).
+    timezone: str = ""  # the camera's IANA zone in the rules that judged it ("" in older records: UTC)
+    time_note: str = ""  # how a time without offset was read (DST gap/overlap), or why the upload time was used
+    camera_time: datetime | None = None  # what the camera's clock said, when it differs from ``time`` (skew)
+    clock_skew_s: float | None = None  # camera time minus upload time, when beyond clock_skew_max
 
 
 class ClipFrameVerdict(Record):
@@ -175,6 +184,7 @@ class ClipVerdictRecord(Record):
     detections: list[JudgedBox] = []  # the deciding frame's judged boxes (what the notification shows)
     rules_commit: str | None = None  # of the deciding frame (else the first)
     model: ModelRef | None = None
+    timezone: str = ""  # the camera's IANA zone its frames were judged in ("" in older records: UTC)
 
 
 class NotificationRecord(Record):

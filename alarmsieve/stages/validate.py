@@ -12,38 +12,62 @@ from __future__ import annotations
 import argparse
 import hashlib
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 from alarmsieve.stages.alarms import write_record
 from alarmsieve.stages.base import DatumContext, Stage, StageServices, StageUsageError
 from alarmsieve.stages.records import CLIP_FILE, META_FILE, AlarmMeta, ClipRecord, ClipRef
 from alarmsieve.vision.images import ImageLimits, ImageRejected, decode_image, is_uniform
 
-# 2026-11-27T10:30:00, 20261127_103000, 20261127-103000, 2026-11-27_10-30-00 ...
+# 2026-11-27T10:30:00, 20261127_103000, 20261127-103000, 2026-11-27_10-30-00 ... (the camera's wall clock);
+# with Z or an offset written with a colon right after it (20261127_103000Z, ...T10:30:00+01:00) absolute.
+# A bare -0001 after the seconds is a camera's counter more often than an offset: not read as one.
 _STAMP = re.compile(
     r"(?<!\d)(?P<y>20\d\d|19\d\d)[-_.]?(?P<mo>[01]\d)[-_.]?(?P<d>[0-3]\d)[T_ -]?"
     r"(?P<h>[0-2]\d)[-_:.]?(?P<mi>[0-5]\d)[-_:.]?(?P<s>[0-5]\d)(?!\d)"
+    r"(?P<tz>Z|[+-][01]\d:[0-5]\d(?!\d))?"
 )
 _EPOCH = re.compile(r"(?<!\d)(1[5-9]\d{8})(?!\d)")  # 10-digit Unix time, 2017..2033
 
 
 def time_from_filename(name: str) -> datetime | None:
+    """A date-time stamp in the name (naive: the camera's wall clock), else Unix seconds (aware, UTC)."""
     match = _STAMP.search(name)
     if match:
         try:
-            return datetime(*(int(match[k]) for k in ("y", "mo", "d", "h", "mi", "s")), tzinfo=UTC)
+            stamp = datetime(*(int(match[k]) for k in ("y", "mo", "d", "h", "mi", "s")))
         except ValueError:
             return None
+        tz = match["tz"]
+        if tz == "Z":
+            return stamp.replace(tzinfo=UTC)
+        if tz:
+            delta = timedelta(hours=int(tz[1:3]), minutes=int(tz[4:6]))
+            return stamp.replace(tzinfo=timezone(-delta if tz[0] == "-" else delta)).astimezone(UTC)
+        return stamp
     epoch = _EPOCH.search(name)
     if epoch:
         return datetime.fromtimestamp(int(epoch[1]), UTC)
     return None
 
 
+def time_fields(reading: datetime, source: str, upload: datetime | None) -> dict[str, Any]:
+    """AlarmMeta's time fields. A naive reading is kept as ``wall_time`` for assess to resolve in the
+    camera's zone (validate knows no rules); ``time`` then holds it labelled UTC, as older records did."""
+    naive = reading.tzinfo is None
+    return {
+        "time": reading.replace(tzinfo=UTC) if naive else reading.astimezone(UTC),
+        "time_source": source,
+        "wall_time": reading if naive else None,
+        "upload_time": upload,
+    }
+
+
 class ValidateStage(Stage):
     name = "validate"
-    code_version = "2"  # 2: a frame's ClipRef carries the clip's sha256
+    code_version = "3"  # 2: a frame's ClipRef carries the clip's sha256; 3: wall_time, upload_time
 
     def __init__(self, args: list[str], services: StageServices) -> None:
         super().__init__(args, services)
@@ -64,22 +88,32 @@ class ValidateStage(Stage):
             commit_time = ctx.input_commit_times.get(root.name)
             clip_dirs = {record.parent for record in root.rglob(CLIP_FILE)}
             for clip_dir in sorted(clip_dirs):
-                self.process_clip(ctx, root, clip_dir)
+                self.process_clip(ctx, root, clip_dir, commit_time)
             for path in sorted(p for p in root.rglob("*") if p.is_file() and not clip_dirs & set(p.parents)):
                 rel = path.relative_to(root).as_posix()
                 meta = self.check(path, rel, commit_time)
                 self._write(ctx, rel, path, meta)
 
-    def process_clip(self, ctx: DatumContext, root: Path, clip_dir: Path) -> None:
+    def process_clip(self, ctx: DatumContext, root: Path, clip_dir: Path, commit_time: datetime | None) -> None:
         """Frames of a clip (``frames`` stage output): each frame is an alarm stamped with its clip time."""
         clip = ClipRecord.model_validate_json((clip_dir / CLIP_FILE).read_bytes())
         rel_clip = clip_dir.relative_to(root).as_posix()
+
+        # frames.py stores a file-name start labelled UTC: the camera's wall clock unless the name says Z/offset
+        named = time_from_filename(clip.clip.rsplit("/", 1)[-1]) if clip.start_source == "filename" else None
+        name_is_wall_clock = clip.start_source == "filename" and (named is None or named.tzinfo is None)
+
+        def clip_time(when: datetime) -> dict[str, Any]:
+            if named is not None and named.tzinfo is not None:  # Z or +01:00 in the name: that instant
+                when = named + (when - clip.start)
+            naive = name_is_wall_clock or when.tzinfo is None
+            return time_fields(when.replace(tzinfo=None) if naive else when, clip.start_source, commit_time)
+
         if clip.status == "rejected":
             meta = AlarmMeta(
                 alarm=clip.clip,
                 camera=clip.camera,
-                time=clip.start,
-                time_source=clip.start_source,
+                **clip_time(clip.start),
                 image_file=None,
                 sha256=clip.sha256,
                 size_bytes=clip.size_bytes,
@@ -96,8 +130,7 @@ class ValidateStage(Stage):
             meta = self.check(path, rel, frame.time).model_copy(
                 update={
                     "camera": clip.camera,
-                    "time": frame.time,
-                    "time_source": clip.start_source,
+                    **clip_time(frame.time),
                     "clip": ClipRef(
                         clip=clip.clip,
                         offset_s=frame.offset_s,
@@ -137,17 +170,15 @@ class ValidateStage(Stage):
         except ImageRejected as rejected:
             return AlarmMeta(
                 **common,
-                time=name_time or fallback_time,
-                time_source="filename" if name_time else "commit",
+                **time_fields(name_time or fallback_time, "filename" if name_time else "commit", commit_time),
                 image_file=None,
                 status="rejected",
                 reason_code=rejected.code,
                 reason=rejected.message,
             )
+        # EXIF DateTimeOriginal (+ OffsetTimeOriginal when written), else the file name, else the upload
         if image.exif_time is not None:
             when, source = image.exif_time, "exif"
-            if when.tzinfo is None:
-                when = when.replace(tzinfo=UTC)  # camera local time without an offset: kept as given
         elif name_time is not None:
             when, source = name_time, "filename"
         else:
@@ -155,8 +186,7 @@ class ValidateStage(Stage):
         uniform = is_uniform(image.bgr, self.uniform_threshold)
         return AlarmMeta(
             **common,
-            time=when,
-            time_source=source,  # type: ignore[arg-type]
+            **time_fields(when, source, commit_time),
             image_file=f"image.{image.format.replace('jpeg', 'jpg')}",
             format=image.format,
             width=image.width,
