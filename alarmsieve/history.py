@@ -113,7 +113,7 @@ def _of_snapshot(raw: bytes) -> _Judged:
         reason=r.reasons[0] if r.reasons else "",
         rules_commit=r.rules_commit,
         rules_note=r.rules_note,
-        models={r.model.name: r.model.sha256} if r.model else {},
+        models={m.name: m.sha256 for m in r.models} or ({r.model.name: r.model.sha256} if r.model else {}),
         pipeline_versions=r.pipeline_versions,
         content_sha256=r.image_sha256,
         notification_key=notification_key(r),

@@ -213,7 +213,7 @@ def clocks(tmp_path_factory: pytest.TempPathFactory, shared_dir: Path, model_dir
     videos.finish()
     ran = run_cli("run", home=home, env={"ALARMSIEVE_MODEL_DIR": str(model_dir)})
     assert ran.returncode == 0, ran.stderr.decode()[-3000:]
-    assert "job(s) run, 0 with failures" in ran.stdout.decode(), ran.stdout.decode()
+    assert "job(s) run, 0 failed or errored" in ran.stdout.decode(), ran.stdout.decode()
     verdicts = {v.alarm: v for v in read_verdicts(ws.pfs)}
     upload_time = ws.pfs.inspect_commit("images", upload.id).created_at
     return Clocks(ws, upload_time, skewed, skew_at, fresh, verdicts, {c.clip: c for c in read_clip_verdicts(ws.pfs)})

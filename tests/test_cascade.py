@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -12,6 +14,8 @@ from alarmsieve.vision.backends import Detection, load_backend
 from alarmsieve.vision.cascade import Cascade, CascadePolicy, Look, merge_looks
 from alarmsieve.vision.looks import frame_kind, inverted, normalised, upscaled_slices
 from alarmsieve.vision.models import CATALOGUE, locate_model
+from alarmsieve.workspace import Workspace
+from tests.conftest import run_cli
 
 
 @pytest.fixture(scope="module")
@@ -117,3 +121,27 @@ def test_merge_keeps_every_source_and_agreement_lifts_a_doubt() -> None:
 def test_a_policy_naming_a_model_without_backend_is_refused(cascade: Cascade) -> None:
     with pytest.raises(ValueError, match="no backend loaded for nanodet-m-416"):
         Cascade(CascadePolicy(), {"yolox-nano": cascade.backends["yolox-nano"]})
+
+
+def test_a_thermal_alarm_through_the_pipeline_names_every_look_in_explain(
+    cctv: Path, make_workspace: Callable[..., Workspace]
+) -> None:
+    """End to end: the default pipelines on a real thermal frame that YOLOX-Nano alone dismisses."""
+    ws = make_workspace()
+    put = run_cli(
+        "put", "file", "images@master:/thermal-gate/20260110_220003.png", "-f",
+        str(cctv / "tno_tree_thermal_003.png"), home=ws.home,
+    )  # fmt: skip
+    assert put.returncode == 0, put.stderr
+    ran = run_cli("run", home=ws.home)
+    assert ran.returncode == 0, ran.stderr.decode()[-2000:]
+    shown = run_cli("explain", "/thermal-gate/20260110_220003.png", "--json", home=ws.home)
+    assert shown.returncode == 0, shown.stderr
+    verdict = json.loads(shown.stdout)
+    assert verdict["verdict"] in ("alert", "review")
+    assert {m["name"] for m in verdict["models"]} >= {"yolox-nano", "nanodet-m-416"}
+    assert verdict["second_look"].startswith("mono")
+    person = next(d for d in verdict["detections"] if d["label"] == "person" and d["kept"])
+    assert person["sources"]["yolox-nano/inverted"] >= 0.5
+    text = run_cli("explain", "/thermal-gate/20260110_220003.png", home=ws.home).stdout.decode()
+    assert "second look: mono" in text and "seen by yolox-nano/inverted" in text

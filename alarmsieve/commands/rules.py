@@ -258,8 +258,12 @@ def explain_lines(stored: Any, rejudged: Any = None) -> list[str]:
     ]
     if v.rules_note:
         lines.append(f"rules note: {v.rules_note}")
-    if v.model:
+    if len(v.models) > 1:
+        lines.append("models " + ", ".join(f"{m.name} sha256 {m.sha256[:16]}…" for m in v.models))
+    elif v.model:
         lines.append(f"model {v.model.name} sha256 {v.model.sha256[:16]}…")
+    if v.second_look:
+        lines.append(f"second look: {v.second_look}")
     lines.append(f"image status {v.status}")
     lines.append("reasons:")
     lines += [f"  - {r}" for r in v.reasons]
@@ -269,6 +273,8 @@ def explain_lines(stored: Any, rejudged: Any = None) -> list[str]:
         zone = f" zone {d.zone}" if d.zone else ""
         state = f"kept ({d.severity})" if d.kept else "dropped"
         lines.append(f"  {d.label} {d.score:.2f} [{box}]{zone}: {state}: {d.why}")
+        if d.sources:
+            lines.append("    seen by " + ", ".join(f"{look} {raw:.2f}" for look, raw in d.sources.items()))
     if rejudged is not None:
         a = rejudged.after
         lines.append(

@@ -78,7 +78,7 @@ class BurstFrame:
 
 class AssessStage(Stage):
     name = "assess"
-    code_version = "4"  # 2: bursts; 3: an alarm judged again keeps its rules; 4: camera time (zone, DST, skew)
+    code_version = "5"  # 2: bursts; 3: an alarm judged again keeps its rules; 4: camera time; 5: models, sources
 
     def __init__(self, args: list[str], services: StageServices) -> None:
         super().__init__(args, services)
@@ -480,6 +480,7 @@ def judge_record(
         time=when.when,
     )
     judgement = judge(rules, facts)
+    sources_of = {(d.label, tuple(d.box)): d.sources for d in record.detections}
     return VerdictRecord(
         alarm=meta.alarm,
         camera=meta.camera,
@@ -504,10 +505,13 @@ def judge_record(
                 why=j.why,
                 zone=j.zone,
                 rule_path=j.rule_path,
+                sources=sources_of.get((j.label, tuple(j.box)), {}),
             )
             for j in judgement.detections
         ],
         model=record.model,
+        models=record.models,
+        second_look=record.second_look,
         annotated_file=annotated_file,
         image_sha256=meta.sha256,
         pipeline_versions=pipeline_versions,

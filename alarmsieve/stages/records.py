@@ -130,6 +130,8 @@ class JudgedBox(Record):
     severity: str
     why: str
     zone: str | None = None  # the camera zone the box stands in, if any
+    # the looks that saw it (model or model/view) with their raw scores (detect's BoxRecord.sources)
+    sources: dict[str, float] = {}
     rule_path: str = ""  # the camera or zone rules that judged this box
 
 
@@ -151,6 +153,9 @@ class VerdictRecord(Record):
     pipeline_versions: dict[str, str]
     clip: ClipRef | None = None  # set for a frame of a video clip (copied from AlarmMeta.clip)
     rules_note: str = ""  # e.g. the head of rules@master is invalid and older rules were used
+    # every detector that ran on the frame (detect's DetectionsRecord.models) and why it got a second look
+    models: list[ModelRef] = []
+    second_look: str = ""
     # Camera time (``time`` above is absolute UTC: what schedules were checked against).
     timezone: str = ""  # the camera's IANA zone in the rules that judged it ("" in older records: UTC)
     time_note: str = ""  # how a time without offset was read (DST gap/overlap), or why the upload time was used

@@ -12,17 +12,22 @@ its kind (``vision.looks.frame_kind``) or the first pass gives a reason to doubt
 
 A frame whose first pass found a person at or above ``confident`` needs no second look.
 
-The second look (``Look``: a model and a view of the frame) depends on the frame: the other polarity and
-a contrast-equalised view for grey frames (then, only if those left a doubt, ``mono_more``: another model
-on both), another model on the whole frame, and upscaled overlapping slices for small frames (``vision.looks.upscaled_slices``) or native tiles for large ones
-(``vision.tiling.plan_tiles``). Every look's candidates go through the model's calibration (so 0.5 means
-the same from every model; a slice's score counts ``slice_weight``, as a crop loses the context), then are
-merged by label: boxes that overlap (IoU >= ``merge_iou`` or one
-inside the other by ``contain``) are one object, whose box is the score-weighted mean (WBF) and whose score
-is the strongest calibrated look; when two or more looks agree on a ``doubt_labels`` object at
-``agree_floor`` or more, it scores at least ``agree_score`` (a review, with the default rules). Doubt is
-never lowered: the merged score is never under what any one look said. Each object keeps ``sources``:
-``model/view`` -> raw score, so ``explain`` shows which model saw what.
+The second look (``Look``: a model and a view of the frame) depends on the frame:
+
+- grey: the other polarity and a contrast-equalised view (``mono``); then, only if those left a doubt
+  (a candidate of at least ``more_floor`` and nothing confident), another model on both (``mono_more``);
+- colour: another model on the whole frame, upscaled overlapping slices for a small frame
+  (``vision.looks.upscaled_slices``) or native tiles for a large one (``vision.tiling.plan_tiles``), and
+  a contrast-equalised view when the frame is dark or flat.
+
+Every look's candidates go through the model's calibration (so 0.5 means the same from every model; a
+slice's score counts ``slice_weight``, as a crop loses the context), then are merged by label: boxes that
+overlap (IoU >= ``merge_iou`` or one inside the other by ``contain``) are one object, whose box is the
+score-weighted mean (WBF) and whose score is the strongest calibrated look; when two or more looks (other
+than a model's own slices) agree on a ``doubt_labels`` object at ``agree_floor`` or more, it scores at
+least ``agree_score`` (a review, with the default rules). Doubt is never lowered: the merged score is never
+under what any one look said. Each object keeps ``sources``: ``model/view`` -> raw score, so ``explain``
+shows which model saw what.
 """
 
 from __future__ import annotations
