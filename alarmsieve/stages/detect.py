@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -209,8 +210,9 @@ class DetectStage(Stage):
         names = self._detector_names(opts)
         try:
             providers = choose_providers(opts.device)
-            backends = [
-                create_detector(
+
+            def load(name: str) -> DetectorBackend:
+                return create_detector(
                     "onnx",
                     model=self._locate(name, opts.model, services),
                     score_floor=opts.score_floor,
@@ -218,10 +220,10 @@ class DetectStage(Stage):
                     threads=opts.threads,
                     providers=providers,
                 )
-                for name in names
-            ]
+
+            backends = [load(name) for name in names]
             self.detector = Ensemble(backends, fusion_iou=opts.fusion_iou)
-            self.cascade = self._cascade(opts, names, backends, providers, services)
+            self.cascade = self._cascade(opts, names, backends, load)
             self.tiling = TilingConfig(
                 mode=opts.tiling,
                 cameras=opts.tile_cameras.split(","),
@@ -257,8 +259,7 @@ class DetectStage(Stage):
         opts: argparse.Namespace,
         names: list[str],
         backends: list[DetectorBackend],
-        providers: list[str],
-        services: StageServices,
+        load: Callable[[str], DetectorBackend],
     ) -> Cascade | None:
         """The cascade, with its own first pass (``--model``, tiled as ``--tiling on``/``--tile-cameras`` ask)
         and one backend per model its second looks name; None with ``--cascade off`` or ``--detectors``."""
@@ -281,14 +282,7 @@ class DetectStage(Stage):
         loaded: dict[str, DetectorBackend] = {policy.primary: backends[0]}
         for name in policy.models():
             if name not in loaded:
-                loaded[name] = create_detector(
-                    "onnx",
-                    model=self._locate(name, opts.model, services),
-                    score_floor=opts.score_floor,
-                    nms_iou=opts.nms_iou,
-                    threads=opts.threads,
-                    providers=providers,
-                )
+                loaded[name] = load(name)
         calibrations = {name: CATALOGUE[name].calibration for name in loaded if name in CATALOGUE}
         return Cascade(policy, loaded, calibrations)
 

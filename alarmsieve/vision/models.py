@@ -15,10 +15,12 @@ import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    import numpy as np
 
 import httpx
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 log = logging.getLogger(__name__)
@@ -83,10 +85,14 @@ class Calibration(BaseModel):
         return self
 
     def apply(self, raw: float) -> float:
+        import numpy as np  # here, not at module import: the CLI reads the catalogue and should start fast
+
         xs, ys = zip(*self.points, strict=True)
         return float(np.interp(raw, xs, ys))
 
     def apply_many(self, raw: np.ndarray) -> np.ndarray:
+        import numpy as np
+
         xs, ys = zip(*self.points, strict=True)
         return np.interp(raw, xs, ys)
 
@@ -105,8 +111,8 @@ class ModelEntry(BaseModel):
     input_size: int = Field(default=416, gt=0)
     labels: Literal["coco80", "person"] = "coco80"
     preprocess: Preprocess = Preprocess()
-    # raw score -> YOLOX-Nano's scale (0.35 review, 0.5 alert with the default rules): the raw scores at which
-    # this model's false people on calm cctv-dev and COCO128 frames match YOLOX-Nano's (docs/quality.md)
+    # raw score -> YOLOX-Nano's scale (0.35 review, 0.5 alert with the default rules); NanoDet-m's read off
+    # cctv-dev and checked on COCO128, the others provisional (docs/quality.md, "The cascade")
     calibration: Calibration = Calibration()
     licence: str
     source: str
