@@ -39,13 +39,19 @@ CCTV_RECALL = 0.95  # overall and in every condition with at least CCTV_MIN_PERS
 CCTV_MIN_PERSONS = 5
 CCTV_SUPPRESSION = 0.92
 COST_RATIO = 2.5  # mean detect time per frame against today's detector (YOLOX-Nano, auto tiling)
-REFERENCE_DETECT_CMD = ("alarmsieve", "stage", "detect", "--model", "yolox-nano")  # pipelines/detect.json, 2026-12-03
+# today's detect stage before the cascade (pipelines/detect.json, 2026-12-03): YOLOX-Nano, tiling auto
+REFERENCE_DETECT_CMD = ("alarmsieve", "stage", "detect", "--model", "yolox-nano", "--cascade", "off")
 
 SMALL = 0.02
 REPEATS = 3  # timing: best of 3 runs per 640x480 image and variant
 MIN_AREA = 0.005
 # the default detect stage is `--tiling auto` (large frames, and frames with a doubtful person)
-TILINGS: dict[str, list[str]] = {"auto (default)": [], "off": ["--tiling", "off"], "on": ["--tiling", "on"]}
+# the detect stage's variants: the default (the cascade), and the single model tiled as before the cascade
+TILINGS: dict[str, list[str]] = {
+    "default (cascade)": [],
+    "single model, tiling auto": ["--cascade", "off"],
+    "single model, tiling on": ["--cascade", "off", "--tiling", "on"],
+}
 
 
 def _iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
@@ -270,8 +276,8 @@ def paired_detect_ms(shared: SharedData, frames: list[Path]) -> tuple[float, flo
             DetectStage(detect_stage_args(default_pipelines_dir() / "detect.json"), services),
             DetectStage(list(REFERENCE_DETECT_CMD[3:]), services),
         ]
-        if not all(hasattr(stage, "tiled") for stage in stages):
-            return "the detect stage has no `tiled` detector to time directly"
+        if not all(hasattr(stage, "detect_frame") for stage in stages):
+            return "the detect stage has no `detect_frame` to time directly"
         spent = [0.0, 0.0]
         timed = 0
         for number, path in enumerate(frames):
@@ -281,7 +287,7 @@ def paired_detect_ms(shared: SharedData, frames: list[Path]) -> tuple[float, flo
             order = (0, 1) if number % 2 == 0 else (1, 0)
             for which in order:
                 began = time.perf_counter()
-                stages[which].tiled.detect(image, camera="eval")
+                stages[which].detect_frame(image, "eval")
                 spent[which] += (time.perf_counter() - began) * 1000
             timed += 1
     if not timed:

@@ -368,18 +368,7 @@ class DetectStage(Stage):
                 ctx.log.info("alarm %s: detections of the API's provisional run reused", meta.alarm)
             else:
                 started = time.perf_counter()
-                if self.cascade is not None:
-                    tiled = self.tiling.mode == "on" or meta.camera in self.tiling.cameras
-                    first = _CameraTiles(self.tiled_raw, meta.camera) if tiled else None
-                    result = self.cascade.detect(image, first_pass=first)
-                    found = [d for d in result.detections if d.score >= self.score_threshold]
-                    tiles = sum(look.passes for look in result.looks) - 1
-                    why_tiled = result.second_look and (
-                        f"{result.kind.text()}, {result.second_look}: " + ", ".join(x.look for x in result.looks[1:])
-                    )
-                else:
-                    found = self.tiled.detect(image, camera=meta.camera)
-                    tiles, why_tiled = self.tiled.last_tiles, self.tiled.last_reason
+                found, tiles, why_tiled = self.detect_frame(image, meta.camera)
                 elapsed = (time.perf_counter() - started) * 1000
                 if self.share_detections:
                     self._leave_shared(shared, found, elapsed, tiles, why_tiled)
@@ -403,6 +392,21 @@ class DetectStage(Stage):
             second_look=why_tiled if self.cascade is not None else "",
         )
         return record, image
+
+    def detect_frame(self, image: np.ndarray, camera: str) -> tuple[list[Detection], int, str]:
+        """What this stage reports on one frame: the boxes, the passes beyond the first, and why."""
+        if self.cascade is None:
+            found = self.tiled.detect(image, camera=camera)
+            return found, self.tiled.last_tiles, self.tiled.last_reason
+        tiled = self.tiling.mode == "on" or camera in self.tiling.cameras
+        first = _CameraTiles(self.tiled_raw, camera) if tiled else None
+        result = self.cascade.detect(image, first_pass=first)
+        found = [d for d in result.detections if d.score >= self.score_threshold]
+        passes = sum(look.passes for look in result.looks) - 1
+        why = result.second_look and (
+            f"{result.kind.text()}, {result.second_look}: " + ", ".join(x.look for x in result.looks[1:])
+        )
+        return found, passes, why
 
     def _describe(self, d: Detection) -> str:
         if self.cascade is not None:
