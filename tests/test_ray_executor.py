@@ -186,6 +186,14 @@ def test_ray_pool_retries_failures_and_times_out_hung_datums(ray_cluster: None, 
     assert not result.ok and attempts == 2 and "exited with code 4" in result.reason and "broken" in result.reason
     pool.close()
 
+    # a transform's refusal (a link outside the datum's inputs) is final: not tried datum_tries times
+    pool = _pool(ws, tmp_path, ["sh", "-c", 'ln -s /etc/passwd "$PFS_ROOT/out/x"'], size=1, datum_tries=3)
+    results = []
+    pool.run(_tasks(ws, 1), lambda r, a: results.append((r, a)))
+    ((result, attempts),) = results
+    assert not result.ok and attempts == 1 and "outside the datum's inputs" in result.reason
+    pool.close()
+
     pool = _pool(ws, tmp_path, ["sleep", "30"], size=1, datum_tries=1, datum_timeout=1.0)
     results = []
     pool.run(_tasks(ws, 1), lambda r, a: results.append((r, a)))

@@ -276,7 +276,8 @@ class RayWorkerPool:
                         continue
                     actor.inflight.popleft()
                     actor.deadline = deadline() if actor.inflight else None  # the next one has started
-                    if result.ok:
+                    # as the local pool: recovered by err_cmd, or a refusal another attempt would repeat: final
+                    if result.ok or result.recovered or result.final:
                         on_result(result, task.attempt)
                     else:
                         fail_or_retry(task, result.worker, result.reason, result.traceback)
