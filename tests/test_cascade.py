@@ -145,3 +145,23 @@ def test_a_thermal_alarm_through_the_pipeline_names_every_look_in_explain(
     assert person["sources"]["yolox-nano/inverted"] >= 0.5
     text = run_cli("explain", "/thermal-gate/20260110_220003.png", home=ws.home).stdout.decode()
     assert "second look: mono" in text and "seen by yolox-nano/inverted" in text
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--second-look-mono", "foo/inverted"], "detect: unknown detector 'foo' in a second look 'foo/inverted'"),
+        (["--second-look-colour", "yolox-nano/sideways"], "detect: unknown view 'sideways' in a second look"),
+        (["--confident", "2"], "detect: bad cascade arguments: confident: Input should be less than or equal to 1"),
+    ],
+)
+def test_bad_cascade_options_are_one_line_naming_the_option(
+    args: list[str], message: str, model_dir: Path, tmp_path: Path
+) -> None:
+    from alarmsieve.stages.base import StageServices, StageUsageError
+    from alarmsieve.stages.detect import DetectStage
+
+    services = StageServices(model_dir=model_dir, model_cache=tmp_path / "cache")
+    with pytest.raises(StageUsageError) as raised:
+        DetectStage(args, services)
+    assert str(raised.value).startswith(message) and "detect: detect:" not in str(raised.value)

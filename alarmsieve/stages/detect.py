@@ -241,6 +241,8 @@ class DetectStage(Stage):
             self.tiled_raw = TiledDetector(self.detector, self.tiling.model_copy(update={"mode": "on"}))
         except ValidationError as exc:
             raise StageUsageError(f"detect: bad tiling arguments {args}: {exc}") from exc
+        except StageUsageError:
+            raise  # already one line naming the option
         except ValueError as exc:
             raise StageUsageError(f"detect: {exc}") from exc
         self.model_refs = [ModelRef(name=n, sha256=sha) for n, sha in self.detector.models]
